@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("register", views.RegisterView.as_view(), name="auth-register"),
+    path("token", views.TokenView.as_view(), name="auth-token"),
+    path("token/refresh", views.TokenRotateView.as_view(), name="auth-token-refresh"),
+    path("logout", views.LogoutView.as_view(), name="auth-logout"),
+    path("me", views.MeView.as_view(), name="auth-me"),
+]

@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from chatkit import exceptions, health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/auth/", include("accounts.urls")),
+    path("api/v1/chatkit/", include("chatkit.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    re_path(r"^api/", exceptions.api_not_found),
+]
+
+handler400 = "chatkit.exceptions.bad_request"
+handler403 = "chatkit.exceptions.permission_denied"
+handler404 = "chatkit.exceptions.page_not_found"
+handler500 = "chatkit.exceptions.server_error"

@@ -1,0 +1,190 @@
+"""The one place that decides the error envelope for the whole API.
+
+``{"success": false, "error": {"code", "message", "details", "request_id"}}``.
+Expected conditions map to their contract code; database outages become 503;
+anything else is a bug: logged once with its stack trace and request id, and
+answered with a generic 500 that reveals nothing.
+"""
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+from conversations.errors import DomainError
+
+from .logging import request_id_var
+
+logger = logging.getLogger("chatkit.errors")
+
+RETRY_AFTER_SECONDS = 5
+
+# (status, code, message used when the exception's own text is not a plain sentence)
+_API_EXCEPTIONS: list[tuple[type[exceptions.APIException], int, str, str]] = [
+    (exceptions.ParseError, 400, "MALFORMED_REQUEST", "The request body is not valid JSON."),
+    (exceptions.ValidationError, 400, "VALIDATION_ERROR", "The request is invalid."),
+    (
+        exceptions.NotAuthenticated,
+        401,
+        "NOT_AUTHENTICATED",
+        "Authentication credentials were not provided.",
+    ),
+    (
+        exceptions.AuthenticationFailed,
+        401,
+        "AUTHENTICATION_FAILED",
+        "The credentials are invalid, expired or revoked.",
+    ),
+    (exceptions.PermissionDenied, 403, "PERMISSION_DENIED", "You are not allowed to do this."),
+    (exceptions.NotFound, 404, "NOT_FOUND", "Not found."),
+    (exceptions.MethodNotAllowed, 405, "METHOD_NOT_ALLOWED", "Method not allowed."),
+    (exceptions.NotAcceptable, 406, "NOT_ACCEPTABLE", "The requested format is not available."),
+    (
+        exceptions.UnsupportedMediaType,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "The request body must be application/json.",
+    ),
+    (exceptions.Throttled, 429, "THROTTLED", "Too many requests."),
+]
+
+_DOMAIN_STATUS = {
+    "NOT_FOUND": 404,
+    "SESSION_LIMIT_REACHED": 409,
+    "RUN_IN_PROGRESS": 409,
+    "RUN_NOT_ACTIVE": 409,
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {
+        "success": False,
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details,
+            "request_id": request_id_var.get(),
+        },
+    }
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JsonResponse:
+    """An error envelope for plain Django views and middleware."""
+    response = JsonResponse(error_body(code, message, details), status=status)
+    if status == 503:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _validation_details(detail: Any) -> dict[str, Any]:
+    if isinstance(detail, dict):
+        return detail
+    return {"non_field_errors": detail if isinstance(detail, list) else [detail]}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    if isinstance(exc, DomainError):
+        status = _DOMAIN_STATUS.get(exc.code, 409)
+        return Response(error_body(exc.code, exc.message, exc.details), status=status)
+
+    for exc_class, status, code, default_message in _API_EXCEPTIONS:
+        if isinstance(exc, exc_class):
+            return _api_error(exc, status, code, default_message)
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logger.exception("Database unavailable")
+        return _logged(
+            Response(
+                error_body(
+                    "SERVICE_UNAVAILABLE",
+                    "The service is temporarily unavailable. Please retry.",
+                ),
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        )
+
+    if isinstance(exc, exceptions.APIException):
+        # An APIException the table does not know: keep its status, not its text.
+        code = str(exc.default_code).upper()
+        return _api_error(exc, exc.status_code, code, "The request cannot be carried out.")
+
+    kind = "Database error" if isinstance(exc, DatabaseError) else "Unhandled exception"
+    logger.exception("%s in %s", kind, _view_name(context))
+    return _logged(
+        Response(error_body("INTERNAL_ERROR", "An internal error occurred."), status=500)
+    )
+
+
+def _api_error(
+    exc: exceptions.APIException, status: int, code: str, default_message: str
+) -> Response:
+    headers: dict[str, str] = {}
+    details = None
+    message = default_message
+    if isinstance(exc, exceptions.ValidationError):
+        details = _validation_details(exc.detail)
+    elif isinstance(exc.detail, str) and code not in {"MALFORMED_REQUEST", "AUTHENTICATION_FAILED"}:
+        message = str(exc.detail)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+        details = {"retry_after_seconds": int(exc.wait + 0.999)}
+    return Response(error_body(code, message, details), status=status, headers=headers)
+
+
+def _logged(response: Response) -> Response:
+    # Tells django.request not to log this response again without its traceback.
+    response._has_been_logged = True
+    return response
+
+
+def _view_name(context: dict[str, Any]) -> str:
+    view = context.get("view")
+    return type(view).__name__ if view is not None else "unknown view"
+
+
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Unknown routes under /api/ answer in the envelope too, whatever DEBUG is."""
+    return error_response(404, "NOT_FOUND", "Not found.")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400, for example a Host header not in ALLOWED_HOSTS."""
+    if _is_api(request):
+        return error_response(400, "MALFORMED_REQUEST", "Bad request.")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return error_response(403, "PERMISSION_DENIED", "You are not allowed to do this.")
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return error_response(404, "NOT_FOUND", "Not found.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500 for failures outside DRF views (django.request logged the traceback)."""
+    if _is_api(request):
+        return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
+    return defaults.server_error(request)

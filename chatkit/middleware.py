@@ -1,0 +1,54 @@
+"""Request id and body size, applied before anything reads the request."""
+
+import re
+import uuid
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from .exceptions import error_response
+from .logging import request_id_var
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class RequestIDMiddleware:
+    """Adopt the client's sane ``X-Request-ID`` or make one; echo it on every response."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        supplied = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = supplied if _SANE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        request.request_id = request_id
+        token = request_id_var.set(request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+class BodySizeLimitMiddleware:
+    """413 before any parser reads a body larger than ``MAX_BODY_BYTES``."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        limit = settings.MAX_BODY_BYTES
+        if not length.isdigit():
+            return error_response(400, "MALFORMED_REQUEST", "Content-Length is not a number.")
+        if int(length) > limit:
+            return error_response(
+                413,
+                "PAYLOAD_TOO_LARGE",
+                f"The request body is larger than {limit} bytes.",
+                details={"max_bytes": limit},
+            )
+        return self.get_response(request)

@@ -1,0 +1,173 @@
+"""Keyset paging: ``limit``, ``order``, ``after`` and ``before``.
+
+Pages are cut on ``(created_at, id)``, so a page costs the same at any depth
+and rows inserted meanwhile never shift a page. ``has_more`` tells whether
+more items lie beyond the page in the direction of travel: past ``last_id``
+normally, before ``first_id`` when paging with ``before`` alone.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import BasePagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    descending: bool
+    after: Any
+    before: Any
+
+
+def _beyond(cursor: dict[str, Any], descending: bool) -> Q:
+    """Rows that come after ``cursor`` in the chosen order."""
+    op = "lt" if descending else "gt"
+    return Q(**{f"created_at__{op}": cursor["created_at"]}) | Q(
+        created_at=cursor["created_at"], **{f"id__{op}": cursor["id"]}
+    )
+
+
+class KeysetPagination(BasePagination):
+    """The contract's list paging. Views set ``default_order`` ("asc" or "desc")."""
+
+    def paginate_queryset(self, queryset: QuerySet, request: Request, view=None) -> list:
+        params = self._params(request, getattr(view, "default_order", "desc"))
+        descending = params.descending
+        ordering = ("-created_at", "-id") if descending else ("created_at", "id")
+        backwards = ("created_at", "id") if descending else ("-created_at", "-id")
+
+        if params.after is not None:
+            queryset = queryset.filter(_beyond(self._cursor(queryset, params.after, "after"), descending))
+        if params.before is not None:
+            queryset = queryset.filter(
+                _beyond(self._cursor(queryset, params.before, "before"), not descending)
+            )
+
+        if params.before is not None and params.after is None:
+            # Walk backwards from the cursor, then restore the chosen order.
+            rows = list(queryset.order_by(*backwards)[: params.limit + 1])
+            self.has_more = len(rows) > params.limit
+            self.page = rows[: params.limit][::-1]
+        else:
+            rows = list(queryset.order_by(*ordering)[: params.limit + 1])
+            self.has_more = len(rows) > params.limit
+            self.page = rows[: params.limit]
+        return self.page
+
+    def get_paginated_response(self, data: list) -> Response:
+        response = Response(
+            {
+                "success": True,
+                "data": data,
+                "pagination": {
+                    "has_more": self.has_more,
+                    "first_id": str(self.page[0].pk) if self.page else None,
+                    "last_id": str(self.page[-1].pk) if self.page else None,
+                },
+            }
+        )
+        response.enveloped = True
+        return response
+
+    @staticmethod
+    def _params(request: Request, default_order: str) -> PageParams:
+        query = request.query_params
+        errors: dict[str, list[str]] = {}
+
+        limit = DEFAULT_LIMIT
+        raw_limit = query.get("limit")
+        if raw_limit is not None:
+            if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+                limit = int(raw_limit)
+            else:
+                errors["limit"] = [f"Must be an integer from 1 to {MAX_LIMIT}."]
+
+        order = query.get("order", default_order)
+        if order not in ("asc", "desc"):
+            errors["order"] = ['Must be "asc" or "desc".']
+
+        if errors:
+            raise ValidationError(errors)
+        return PageParams(
+            limit=limit,
+            descending=order == "desc",
+            after=query.get("after"),
+            before=query.get("before"),
+        )
+
+    @staticmethod
+    def _cursor(queryset: QuerySet, raw: str, name: str) -> dict[str, Any]:
+        try:
+            cursor_id = uuid.UUID(raw)
+        except ValueError:
+            cursor = None
+        else:
+            cursor = queryset.filter(pk=cursor_id).values("created_at", "id").first()
+        if cursor is None:
+            raise ValidationError({name: ["No item with this id in the list."]})
+        return cursor
+
+    def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:
+        default_order = getattr(view, "default_order", "desc")
+        return [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": f"Page size, 1 to {MAX_LIMIT}.",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_LIMIT,
+                    "default": DEFAULT_LIMIT,
+                },
+            },
+            {
+                "name": "order",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["asc", "desc"], "default": default_order},
+            },
+            {
+                "name": "after",
+                "in": "query",
+                "required": False,
+                "description": "Id of an item in the list: return the items after it.",
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            {
+                "name": "before",
+                "in": "query",
+                "required": False,
+                "description": "Id of an item in the list: return the items before it.",
+                "schema": {"type": "string", "format": "uuid"},
+            },
+        ]
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["success", "data", "pagination"],
+            "properties": {
+                "success": {"type": "boolean", "enum": [True]},
+                "data": schema,
+                "pagination": {
+                    "type": "object",
+                    "required": ["has_more", "first_id", "last_id"],
+                    "properties": {
+                        "has_more": {"type": "boolean"},
+                        "first_id": {"type": "string", "format": "uuid", "nullable": True},
+                        "last_id": {"type": "string", "format": "uuid", "nullable": True},
+                    },
+                },
+            },
+        }

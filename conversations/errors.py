@@ -1,0 +1,23 @@
+"""Domain errors. Each carries a stable code; the HTTP adapter picks the status."""
+
+from typing import Any
+
+
+class DomainError(Exception):
+    code = "DOMAIN_ERROR"
+    message = "The request cannot be carried out."
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        self.message = message or self.message
+        self.details = details
+        super().__init__(self.message)
+
+
+class ObjectNotFound(DomainError):
+    code = "NOT_FOUND"
+    message = "Not found."
+
+
+class SessionLimitReached(DomainError):
+    code = "SESSION_LIMIT_REACHED"
+    message = "You have reached the maximum number of sessions."

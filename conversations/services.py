@@ -1,0 +1,107 @@
+"""Writes for sessions (conversations) and threads.
+
+Each service is one short, durable transaction: when it returns, the change
+is committed and visible to every other connection.
+"""
+
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from .errors import ObjectNotFound, SessionLimitReached
+from .models import Conversation, Thread
+
+UNSET: Any = object()
+M = TypeVar("M", Conversation, Thread)
+
+
+def _save_changes(instance: M, changes: dict[str, Any]) -> M:
+    """Save the fields given a value other than UNSET, and bump ``updated_at``."""
+    changed = [name for name, value in changes.items() if value is not UNSET]
+    if changed:
+        for name in changed:
+            setattr(instance, name, changes[name])
+        with transaction.atomic(durable=True):
+            instance.save(update_fields=[*changed, "updated_at"])
+    return instance
+
+
+def conversation_create(
+    *,
+    user,
+    title: str | None = None,
+    instructions: str = "",
+    metadata: dict[str, str] | None = None,
+) -> Conversation:
+    """Create a session for ``user``, within ``MAX_SESSIONS_PER_USER``."""
+    limit = settings.MAX_SESSIONS_PER_USER
+    with transaction.atomic(durable=True):
+        # Lock the owner's row so that concurrent creates for one user queue
+        # here; without it, each would count the same sessions and all would
+        # insert past the limit.
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        if Conversation.objects.filter(user=user).count() >= limit:
+            raise SessionLimitReached(details={"limit": limit})
+        conversation = Conversation(user=user, instructions=instructions, metadata=metadata or {})
+        if title is not None:
+            conversation.title = title
+        conversation.save(force_insert=True)
+    return conversation
+
+
+def conversation_update(
+    *,
+    conversation: Conversation,
+    title: str = UNSET,
+    instructions: str = UNSET,
+    metadata: dict[str, str] = UNSET,
+) -> Conversation:
+    """Change the given fields of a session; the others stay as they are."""
+    return _save_changes(
+        conversation, {"title": title, "instructions": instructions, "metadata": metadata}
+    )
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a session with its threads (and, through them, messages and runs)."""
+    with transaction.atomic(durable=True):
+        conversation.delete()
+
+
+def thread_create(
+    *,
+    conversation: Conversation,
+    title: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Thread:
+    """Create a thread in a session."""
+    thread = Thread(conversation=conversation, metadata=metadata or {})
+    if title is not None:
+        thread.title = title
+    try:
+        with transaction.atomic(durable=True):
+            thread.save(force_insert=True)
+    except IntegrityError:
+        # The session was deleted between the lookup and the insert.
+        if not Conversation.objects.filter(pk=conversation.pk).exists():
+            raise ObjectNotFound() from None
+        raise
+    return thread
+
+
+def thread_update(
+    *,
+    thread: Thread,
+    title: str = UNSET,
+    metadata: dict[str, str] = UNSET,
+) -> Thread:
+    """Change the given fields of a thread."""
+    return _save_changes(thread, {"title": title, "metadata": metadata})
+
+
+def thread_delete(*, thread: Thread) -> None:
+    """Delete a thread with its messages and runs."""
+    with transaction.atomic(durable=True):
+        thread.delete()
