@@ -62,7 +62,9 @@ class LogoutView(generics.GenericAPIView):
     authentication_classes = ()
 
     @extend_schema(
-        responses={200: inline_serializer("LoggedOut", fields={"revoked": serializers.BooleanField()})}
+        responses={
+            200: inline_serializer("LoggedOut", fields={"revoked": serializers.BooleanField()})
+        }
     )
     def post(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)

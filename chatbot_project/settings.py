@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "conversations",
     "chatkit",
@@ -71,6 +72,7 @@ MIDDLEWARE = [
     "chatkit.middleware.RequestIDMiddleware",
     "chatkit.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -123,9 +125,9 @@ elif _default_db["ENGINE"] == "django.db.backends.sqlite3":
     # (the session quota) serialize instead of failing with "database is locked".
     _options.setdefault("transaction_mode", "IMMEDIATE")
     _options.setdefault("timeout", 20)
-    _options.setdefault(
-        "init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-    )
+    _options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+    # Tests use a file, so that a second, independent connection can read it.
+    _default_db.setdefault("TEST", {"NAME": str(BASE_DIR / "test_db.sqlite3")})
 DATABASES = {"default": _default_db}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -145,6 +147,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
@@ -197,6 +203,8 @@ SPECTACULAR_SETTINGS = {
         "chatkit.schema.envelope_postprocessing_hook",
     ],
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 if not DEBUG:

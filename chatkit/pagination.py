@@ -46,7 +46,9 @@ class KeysetPagination(BasePagination):
         backwards = ("created_at", "id") if descending else ("-created_at", "-id")
 
         if params.after is not None:
-            queryset = queryset.filter(_beyond(self._cursor(queryset, params.after, "after"), descending))
+            queryset = queryset.filter(
+                _beyond(self._cursor(queryset, params.after, "after"), descending)
+            )
         if params.before is not None:
             queryset = queryset.filter(
                 _beyond(self._cursor(queryset, params.before, "before"), not descending)

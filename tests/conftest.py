@@ -1,0 +1,43 @@
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from accounts.models import User
+
+PASSWORD = "correct horse battery staple"
+
+
+def make_user(username: str) -> User:
+    return User.objects.create_user(username=username, password=PASSWORD)
+
+
+def client_for(user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    return client
+
+
+@pytest.fixture
+def owner(db) -> User:
+    return make_user("owner")
+
+
+@pytest.fixture
+def stranger(db) -> User:
+    return make_user("stranger")
+
+
+@pytest.fixture
+def api(owner) -> APIClient:
+    """An API client authenticated as ``owner``."""
+    return client_for(owner)
+
+
+@pytest.fixture
+def stranger_api(stranger) -> APIClient:
+    return client_for(stranger)
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
