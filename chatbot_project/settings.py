@@ -127,7 +127,8 @@ elif _default_db["ENGINE"] == "django.db.backends.sqlite3":
     _options.setdefault("timeout", 20)
     _options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
     # Tests use a file, so that a second, independent connection can read it.
-    _default_db.setdefault("TEST", {"NAME": str(BASE_DIR / "test_db.sqlite3")})
+    _db_file = Path(_default_db["NAME"])
+    _default_db.setdefault("TEST", {"NAME": str(_db_file.with_name(f"test_{_db_file.name}"))})
 DATABASES = {"default": _default_db}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -234,3 +235,15 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+
+# Runs and providers.
+RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 300)
+LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "echo")
+LLM_MODEL = os.environ.get("LLM_MODEL", "")
+LLM_TIMEOUT_SECONDS = float(os.environ.get("LLM_TIMEOUT_SECONDS", "60"))
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2)
+LLM_CONTEXT_MAX_MESSAGES = env_int("LLM_CONTEXT_MAX_MESSAGES", 50)
+LLM_CONTEXT_MAX_CHARS = env_int("LLM_CONTEXT_MAX_CHARS", 48000)
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None
+ECHO_DELAY_MS = env_int("ECHO_DELAY_MS", 0)

@@ -1,6 +1,15 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from conversations.models import INSTRUCTIONS_MAX_LENGTH, TITLE_MAX_LENGTH, Conversation, Thread
+from conversations.models import (
+    INSTRUCTIONS_MAX_LENGTH,
+    RUN_INPUT_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    Conversation,
+    Message,
+    Run,
+    Thread,
+)
 
 from .fields import MetadataField, StrictInputMixin
 
@@ -35,3 +44,103 @@ class ThreadSerializer(StrictInputMixin, serializers.ModelSerializer):
         model = Thread
         fields = ("id", "session_id", "title", "metadata", "created_at", "updated_at")
         read_only_fields = ("id", "session_id", "created_at", "updated_at")
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    """A message of a thread (read-only over the API)."""
+
+    thread_id = serializers.UUIDField(read_only=True)
+    run_id = serializers.UUIDField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Message
+        fields = (
+            "id",
+            "thread_id",
+            "run_id",
+            "role",
+            "content",
+            "status",
+            "created_at",
+            "metadata",
+        )
+        read_only_fields = fields
+
+
+class RunErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A run. Querysets must select ``thread``, ``input_message`` and ``output_message``."""
+
+    thread_id = serializers.UUIDField(read_only=True)
+    session_id = serializers.UUIDField(source="thread.conversation_id", read_only=True)
+    input_message = MessageSerializer(read_only=True)
+    output_message = MessageSerializer(read_only=True, allow_null=True)
+    error = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = (
+            "id",
+            "thread_id",
+            "session_id",
+            "status",
+            "input_message",
+            "output_message",
+            "error",
+            "usage",
+            "provider",
+            "model",
+            "metadata",
+            "created_at",
+            "started_at",
+            "completed_at",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(RunErrorSerializer(allow_null=True))
+    def get_error(self, run: Run) -> dict[str, str] | None:
+        if not run.error_code:
+            return None
+        return {"code": run.error_code, "message": run.error_message}
+
+    @extend_schema_field(UsageSerializer(allow_null=True))
+    def get_usage(self, run: Run) -> dict[str, int] | None:
+        if run.total_tokens is None:
+            return None
+        return {
+            "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens,
+            "total_tokens": run.total_tokens,
+        }
+
+
+class RunCreateSerializer(StrictInputMixin, serializers.Serializer):
+    """The body of ``POST .../runs``."""
+
+    input = serializers.CharField(max_length=RUN_INPUT_MAX_LENGTH, trim_whitespace=False)
+    stream = serializers.BooleanField(required=False, default=False)
+    background = serializers.BooleanField(required=False, default=False)
+    instructions = serializers.CharField(
+        max_length=INSTRUCTIONS_MAX_LENGTH,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="Replaces the session's instructions for this run; empty keeps them.",
+    )
+    metadata = MetadataField()
+
+    def validate_input(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Must contain text, not only whitespace.")
+        return value

@@ -2,19 +2,38 @@ import uuid
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, viewsets
-from rest_framework.exceptions import NotFound
+from rest_framework import mixins, status, viewsets
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from conversations import services
-from conversations.models import Conversation, Thread
+from conversations import runs, services
+from conversations.models import Conversation, Message, Run, Thread
 
 from .pagination import KeysetPagination
-from .serializers import SessionSerializer, ThreadSerializer
+from .providers import get_provider
+from .serializers import (
+    MessageSerializer,
+    RunCreateSerializer,
+    RunSerializer,
+    SessionSerializer,
+    ThreadSerializer,
+)
 
 SESSION_ID_PARAMETER = OpenApiParameter(
     "session_id", str, OpenApiParameter.PATH, description="Session id (UUID)."
 )
+THREAD_ID_PARAMETER = OpenApiParameter(
+    "thread_id", str, OpenApiParameter.PATH, description="Thread id (UUID)."
+)
 ID_PARAMETER = OpenApiParameter("id", str, OpenApiParameter.PATH, description="Id (UUID).")
+
+
+def _uuid_or_404(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound() from None
 
 
 class ChatkitViewSet(
@@ -41,14 +60,25 @@ class OwnedSessionMixin:
 
     def get_session(self) -> Conversation:
         if not hasattr(self, "_session"):
-            try:
-                session_id = uuid.UUID(self.kwargs["session_id"])
-            except ValueError:
-                raise NotFound() from None
             self._session = get_object_or_404(
-                Conversation.objects.owned_by(self.request.user), pk=session_id
+                Conversation.objects.owned_by(self.request.user),
+                pk=_uuid_or_404(self.kwargs["session_id"]),
             )
         return self._session
+
+
+class OwnedThreadMixin(OwnedSessionMixin):
+    """Resolve ``thread_id`` among the threads of the URL's own session."""
+
+    def get_thread(self) -> Thread:
+        if not hasattr(self, "_thread"):
+            session = self.get_session()
+            self._thread = get_object_or_404(
+                Thread.objects.filter(conversation=session),
+                pk=_uuid_or_404(self.kwargs["thread_id"]),
+            )
+            self._thread.conversation = session
+        return self._thread
 
 
 @extend_schema_view(
@@ -105,3 +135,76 @@ class ThreadViewSet(OwnedSessionMixin, ChatkitViewSet):
 
     def perform_destroy(self, instance: Thread) -> None:
         services.thread_delete(thread=instance)
+
+
+THREAD_PARAMETERS = [SESSION_ID_PARAMETER, THREAD_ID_PARAMETER]
+RUN_ID_FILTER = OpenApiParameter(
+    "run_id", str, OpenApiParameter.QUERY, description="Only the messages of this run."
+)
+
+
+@extend_schema_view(list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER]))
+class MessageViewSet(OwnedThreadMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Messages of a thread, oldest first."""
+
+    serializer_class = MessageSerializer
+    pagination_class = KeysetPagination
+    default_order = "asc"
+
+    def get_queryset(self):
+        queryset = Message.objects.filter(thread=self.get_thread())
+        run_id = self.request.query_params.get("run_id")
+        if run_id is not None:
+            try:
+                queryset = queryset.filter(run_id=uuid.UUID(run_id))
+            except ValueError:
+                raise ValidationError({"run_id": ["Must be a UUID."]}) from None
+        return queryset
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=THREAD_PARAMETERS),
+    retrieve=extend_schema(parameters=[*THREAD_PARAMETERS, ID_PARAMETER]),
+)
+class RunViewSet(
+    OwnedThreadMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Runs of a thread: each turns one user message into an assistant reply."""
+
+    serializer_class = RunSerializer
+    pagination_class = KeysetPagination
+    default_order = "desc"
+
+    def get_queryset(self):
+        return Run.objects.filter(thread=self.get_thread()).select_related(
+            "thread", "input_message", "output_message"
+        )
+
+    @extend_schema(
+        parameters=THREAD_PARAMETERS,
+        request=RunCreateSerializer,
+        responses={201: RunSerializer},
+    )
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        body = RunCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        options = body.validated_data
+        if options["stream"] or options["background"]:
+            raise ValidationError(
+                {"stream" if options["stream"] else "background": ["Not available yet."]}
+            )
+        thread = self.get_thread()
+        provider = get_provider()
+        run = runs.run_start(
+            thread=thread,
+            input=options["input"],
+            provider=provider.name,
+            model=provider.model,
+            instructions=options.get("instructions", ""),
+            metadata=options.get("metadata"),
+        )
+        run = runs.run_execute(run=run, provider=provider)
+        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)

@@ -21,3 +21,13 @@ class ObjectNotFound(DomainError):
 class SessionLimitReached(DomainError):
     code = "SESSION_LIMIT_REACHED"
     message = "You have reached the maximum number of sessions."
+
+
+class RunInProgress(DomainError):
+    code = "RUN_IN_PROGRESS"
+    message = "This thread already has an active run."
+
+
+class RunNotActive(DomainError):
+    code = "RUN_NOT_ACTIVE"
+    message = "This run has already ended."

@@ -4,11 +4,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Length
 from django.db.models.lookups import LessThanOrEqual
+from django.utils import timezone
 
 from .validators import validate_metadata
 
 TITLE_MAX_LENGTH = 200
 INSTRUCTIONS_MAX_LENGTH = 32000
+RUN_INPUT_MAX_LENGTH = 32000
 DEFAULT_CONVERSATION_TITLE = "New Chat"
 DEFAULT_THREAD_TITLE = "New Thread"
 
@@ -88,3 +90,149 @@ class Thread(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class MessageRole(models.TextChoices):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(models.TextChoices):
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
+
+
+class RunErrorCode(models.TextChoices):
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_BAD_RESPONSE = "PROVIDER_BAD_RESPONSE"
+    RUN_EXPIRED = "RUN_EXPIRED"
+
+
+class Message(models.Model):
+    """One message of a thread. Rows, never a JSON list on the parent."""
+
+    Role = MessageRole
+    Status = MessageStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    thread = models.ForeignKey(
+        Thread,
+        on_delete=models.CASCADE,
+        related_name="messages",
+        db_index=False,  # covered by message_thread_created_idx
+    )
+    # DO_NOTHING keeps thread deletion a single DELETE per table; the foreign
+    # keys are deferred, so runs and messages go in the same transaction.
+    run = models.ForeignKey(
+        "Run", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        indexes = [
+            # Keyset paging and the provider context: the newest N of a thread.
+            models.Index(fields=("thread", "created_at", "id"), name="message_thread_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(role__in=MessageRole.values), name="message_role_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=MessageStatus.values), name="message_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:50]}"
+
+
+class Run(models.Model):
+    """One user message turned into one assistant reply."""
+
+    Status = RunStatus
+    ErrorCode = RunErrorCode
+    ACTIVE_STATUSES = ACTIVE_RUN_STATUSES
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    thread = models.ForeignKey(
+        Thread,
+        on_delete=models.CASCADE,
+        related_name="runs",
+        db_index=False,  # covered by run_thread_created_idx
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    input_message = models.ForeignKey(
+        Message, on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+"
+    )
+    output_message = models.ForeignKey(
+        Message, on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+"
+    )
+    instructions = models.TextField(
+        blank=True, default="", help_text="Replaces the session's instructions for this run."
+    )
+    error_code = models.CharField(max_length=32, choices=ErrorCode.choices, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    provider = models.CharField(max_length=64)
+    model = models.CharField(max_length=200, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    # The lease: whoever carries out the run renews it as it makes progress;
+    # an active run whose heartbeat is older than RUN_TIMEOUT_SECONDS is dead.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [
+            models.Index(fields=("thread", "created_at", "id"), name="run_thread_created_idx"),
+            models.Index(
+                fields=("heartbeat_at",),
+                condition=models.Q(status__in=ACTIVE_RUN_STATUSES),
+                name="run_active_heartbeat_idx",
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=("thread",),
+                condition=models.Q(status__in=ACTIVE_RUN_STATUSES),
+                name="run_one_active_per_thread",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=RunStatus.values), name="run_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
