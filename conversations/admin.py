@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from .models import Conversation, Thread
+from .models import Conversation, Message, Run, Thread
+from .runs import runs_expire_stale
 
 
 class ThreadInline(admin.TabularInline):
@@ -25,6 +26,22 @@ class ConversationAdmin(admin.ModelAdmin):
     inlines = (ThreadInline,)
 
 
+class MessageInline(admin.TabularInline):
+    model = Message
+    fields = ("created_at", "role", "status", "content", "run")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    can_delete = False
+    extra = 0
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Thread)
 class ThreadAdmin(admin.ModelAdmin):
     """Threads with the session they belong to."""
@@ -35,3 +52,57 @@ class ThreadAdmin(admin.ModelAdmin):
     readonly_fields = ("id", "created_at", "updated_at")
     raw_id_fields = ("conversation",)
     list_select_related = ("conversation",)
+    inlines = (MessageInline,)
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    """Runs with their outcome; stale ones can be expired by hand."""
+
+    list_display = ("id", "status", "provider", "model", "thread", "created_at", "duration")
+    list_filter = ("status", "provider", "created_at")
+    search_fields = (
+        "=id",
+        "=thread__id",
+        "model",
+        "error_code",
+        "thread__conversation__user__username",
+    )
+    readonly_fields = (
+        "id",
+        "thread",
+        "status",
+        "input_message",
+        "output_message",
+        "error_code",
+        "error_message",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "provider",
+        "model",
+        "instructions",
+        "metadata",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "heartbeat_at",
+    )
+    list_select_related = ("thread",)
+    actions = ("expire_stale",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="duration (s)")
+    def duration(self, run: Run) -> str:
+        seconds = run.duration_seconds
+        return "" if seconds is None else f"{seconds:.2f}"
+
+    @admin.action(description="Expire selected runs that stopped making progress")
+    def expire_stale(self, request, queryset) -> None:
+        expired = runs_expire_stale(run_ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(
+            request,
+            f"Expired {expired} stale run(s); active runs with a fresh heartbeat were left alone.",
+        )

@@ -10,7 +10,7 @@ stops; ``runs_expire_stale`` ends it as ``expired``.
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -281,7 +281,9 @@ def run_fail(*, run: Run, code: str, message: str, partial: str = "") -> Run:
     return run
 
 
-def runs_expire_stale(*, thread_id: Any = None, now=None) -> int:
+def runs_expire_stale(
+    *, thread_id: Any = None, run_ids: list[Any] | None = None, now: datetime | None = None
+) -> int:
     """End active runs whose heartbeat is older than ``RUN_TIMEOUT_SECONDS``.
 
     Returns how many were expired. One UPDATE: a run that makes progress
@@ -292,6 +294,8 @@ def runs_expire_stale(*, thread_id: Any = None, now=None) -> int:
     stale = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES, heartbeat_at__lt=deadline)
     if thread_id is not None:
         stale = stale.filter(thread_id=thread_id)
+    if run_ids is not None:
+        stale = stale.filter(id__in=run_ids)
     with transaction.atomic():
         expired = stale.update(
             status=RunStatus.EXPIRED,
