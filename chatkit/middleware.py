@@ -42,9 +42,12 @@ class BodySizeLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         length = request.META.get("CONTENT_LENGTH") or "0"
         limit = settings.MAX_BODY_BYTES
-        if not length.isdigit():
+        # isdigit() alone accepts "²", which int() rejects.
+        if not (length.isascii() and length.isdigit()):
             return error_response(400, "MALFORMED_REQUEST", "Content-Length is not a number.")
-        if int(length) > limit:
+        digits = length.lstrip("0")
+        # Compare lengths first: int() refuses strings of more than 4300 digits.
+        if len(digits) > len(str(limit)) or int(digits or "0") > limit:
             return error_response(
                 413,
                 "PAYLOAD_TOO_LARGE",
