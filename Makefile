@@ -15,12 +15,15 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# Development server: SQLite file and the offline echo provider unless told otherwise.
+# Development server and a background worker: SQLite file and the offline
+# echo provider unless the environment says otherwise. Ctrl-C stops both.
 run: install
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
 	DEBUG=$${DEBUG:-1} $(PY) manage.py collectstatic --noinput --verbosity 0
-	DEBUG=$${DEBUG:-1} $(VENV)/bin/gunicorn chatbot_project.wsgi \
-		--bind $(HOST):$(PORT) --workers 2 --threads 8 --access-logfile -
+	export DEBUG=$${DEBUG:-1}; \
+	$(PY) manage.py worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) chatbot_project.wsgi
 
 # Tests run with DEBUG off, as in production; the key below signs test tokens only.
 test: install

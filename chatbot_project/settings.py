@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_tasks",
+    "huey.contrib.djhuey",
     "accounts",
     "conversations",
     "chatkit",
@@ -170,6 +172,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "chatkit.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_THROTTLE_CLASSES": [],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "chatkit.negotiation.JSONContentNegotiation",
 }
 
 JWT_ACCESS_TOKEN_MINUTES = env_int("JWT_ACCESS_TOKEN_MINUTES", 15)
@@ -247,3 +250,68 @@ LLM_CONTEXT_MAX_CHARS = env_int("LLM_CONTEXT_MAX_CHARS", 48000)
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None
 ECHO_DELAY_MS = env_int("ECHO_DELAY_MS", 0)
+STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 100)
+SSE_PING_SECONDS = env_int("SSE_PING_SECONDS", 15)
+SSE_POLL_MS = env_int("SSE_POLL_MS", 250)
+
+# Background runs: Django's Tasks API (the django-tasks backport), so the
+# engine is a setting. The default engine is huey with thread workers and its
+# queue in the database the app already has (a SQLite file next to a SQLite
+# database; tables in PostgreSQL), or Redis with TASKS_QUEUE=redis.
+TASKS = {
+    "default": {
+        "BACKEND": os.environ.get("TASKS_BACKEND", "huey.contrib.djhuey.tasks_backend.HueyBackend"),
+    }
+}
+WORKER_THREADS = env_int("WORKER_THREADS", 64)
+TASKS_QUEUE = os.environ.get("TASKS_QUEUE", "database")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TASKS_DATABASE_URL = os.environ.get("TASKS_DATABASE_URL", DATABASE_URL)
+_tasks_db = dj_database_url.parse(TASKS_DATABASE_URL)
+HUEY: dict = {
+    "name": "runs",
+    "immediate": False,
+    "consumer": {
+        "workers": WORKER_THREADS,
+        "worker_type": "thread",
+        # Idle workers poll every 50 ms, backing off to 500 ms at most.
+        "initial_delay": 0.05,
+        "backoff": 1.15,
+        "max_delay": 0.5,
+        "periodic": False,
+        "check_worker_health": True,
+    },
+}
+if TASKS_QUEUE == "redis":
+    HUEY.update(huey_class="huey.RedisHuey", url=REDIS_URL, blocking=True)
+elif _tasks_db["ENGINE"] == "django.db.backends.postgresql":
+    HUEY.update(
+        huey_class="huey.PostgresHuey",
+        # Tables are made by `migrate` and the worker, not at import time.
+        create_tables=False,
+        # One shared connection for all worker threads; blocking (LISTEN per
+        # thread) would cost a connection for each of them.
+        blocking=False,
+        **{
+            param: str(_tasks_db[key])
+            for param, key in (
+                ("host", "HOST"),
+                ("port", "PORT"),
+                ("dbname", "NAME"),
+                ("user", "USER"),
+                ("password", "PASSWORD"),
+            )
+            if _tasks_db.get(key)
+        },
+    )
+elif _tasks_db["ENGINE"] == "django.db.backends.sqlite3":
+    _queue_file = Path(_tasks_db["NAME"])
+    HUEY.update(
+        huey_class="huey.SqliteHuey",
+        create_tables=False,
+        filename=os.environ.get(
+            "TASKS_SQLITE_PATH", str(_queue_file.with_name(f"{_queue_file.stem}-tasks.sqlite3"))
+        ),
+    )
+else:
+    raise ImproperlyConfigured("TASKS_DATABASE_URL must be SQLite or PostgreSQL")

@@ -1,6 +1,6 @@
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from conversations.documents import message_document, run_document
 from conversations.models import (
     INSTRUCTIONS_MAX_LENGTH,
     RUN_INPUT_MAX_LENGTH,
@@ -47,7 +47,11 @@ class ThreadSerializer(StrictInputMixin, serializers.ModelSerializer):
 
 
 class MessageSerializer(serializers.ModelSerializer):
-    """A message of a thread (read-only over the API)."""
+    """A message of a thread (read-only over the API).
+
+    Rendered by ``message_document``, as stored events are; the fields below
+    describe it for the schema.
+    """
 
     thread_id = serializers.UUIDField(read_only=True)
     run_id = serializers.UUIDField(read_only=True, allow_null=True)
@@ -66,6 +70,9 @@ class MessageSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
+    def to_representation(self, instance: Message) -> dict:
+        return message_document(instance)
+
 
 class RunErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
@@ -79,14 +86,17 @@ class UsageSerializer(serializers.Serializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
-    """A run. Querysets must select ``thread``, ``input_message`` and ``output_message``."""
+    """A run, rendered by ``run_document`` like the run in its events.
+
+    Querysets must select ``thread``, ``input_message`` and ``output_message``.
+    """
 
     thread_id = serializers.UUIDField(read_only=True)
-    session_id = serializers.UUIDField(source="thread.conversation_id", read_only=True)
+    session_id = serializers.UUIDField(read_only=True)
     input_message = MessageSerializer(read_only=True)
     output_message = MessageSerializer(read_only=True, allow_null=True)
-    error = serializers.SerializerMethodField()
-    usage = serializers.SerializerMethodField()
+    error = RunErrorSerializer(read_only=True, allow_null=True)
+    usage = UsageSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Run
@@ -108,21 +118,8 @@ class RunSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
-    @extend_schema_field(RunErrorSerializer(allow_null=True))
-    def get_error(self, run: Run) -> dict[str, str] | None:
-        if not run.error_code:
-            return None
-        return {"code": run.error_code, "message": run.error_message}
-
-    @extend_schema_field(UsageSerializer(allow_null=True))
-    def get_usage(self, run: Run) -> dict[str, int] | None:
-        if run.total_tokens is None:
-            return None
-        return {
-            "prompt_tokens": run.prompt_tokens,
-            "completion_tokens": run.completion_tokens,
-            "total_tokens": run.total_tokens,
-        }
+    def to_representation(self, instance: Run) -> dict:
+        return run_document(instance)
 
 
 class RunCreateSerializer(StrictInputMixin, serializers.Serializer):

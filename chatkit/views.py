@@ -1,8 +1,16 @@
 import uuid
 
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +27,8 @@ from .serializers import (
     SessionSerializer,
     ThreadSerializer,
 )
+from .streaming import event_stream_response, follow_run_stream, live_run_stream
+from .tasks import enqueue_run
 
 SESSION_ID_PARAMETER = OpenApiParameter(
     "session_id", str, OpenApiParameter.PATH, description="Session id (UUID)."
@@ -162,6 +172,25 @@ class MessageViewSet(OwnedThreadMixin, mixins.ListModelMixin, viewsets.GenericVi
         return queryset
 
 
+LAST_EVENT_ID_PARAMETER = OpenApiParameter(
+    "Last-Event-ID",
+    int,
+    OpenApiParameter.HEADER,
+    description="Resume after this event id (also accepted as ?last_event_id=).",
+)
+EVENT_STREAM_RESPONSE = OpenApiResponse(
+    response=OpenApiTypes.STR,
+    description=(
+        "text/event-stream: run.created, message.created, run.in_progress, message.delta..., "
+        "message.completed, run.completed|run.failed|run.cancelled|run.expired, done."
+    ),
+)
+
+
+def _wants_stream(request: Request, options: dict) -> bool:
+    return options["stream"] or "text/event-stream" in request.headers.get("Accept", "")
+
+
 @extend_schema_view(
     list=extend_schema(parameters=THREAD_PARAMETERS),
     retrieve=extend_schema(parameters=[*THREAD_PARAMETERS, ID_PARAMETER]),
@@ -186,25 +215,56 @@ class RunViewSet(
     @extend_schema(
         parameters=THREAD_PARAMETERS,
         request=RunCreateSerializer,
-        responses={201: RunSerializer},
+        responses={
+            201: RunSerializer,
+            202: RunSerializer,
+            (200, "text/event-stream"): EVENT_STREAM_RESPONSE,
+            409: OpenApiResponse(description="RUN_IN_PROGRESS, with details.active_run_id"),
+        },
     )
-    def create(self, request: Request, *args, **kwargs) -> Response:
+    def create(self, request: Request, *args, **kwargs) -> HttpResponseBase:
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         options = body.validated_data
-        if options["stream"] or options["background"]:
-            raise ValidationError(
-                {"stream" if options["stream"] else "background": ["Not available yet."]}
-            )
-        thread = self.get_thread()
         provider = get_provider()
-        run = runs.run_start(
-            thread=thread,
-            input=options["input"],
-            provider=provider.name,
-            model=provider.model,
-            instructions=options.get("instructions", ""),
-            metadata=options.get("metadata"),
-        )
-        run = runs.run_execute(run=run, provider=provider)
-        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+        start = {
+            "thread": self.get_thread(),
+            "input": options["input"],
+            "provider": provider.name,
+            "model": provider.model,
+            "instructions": options.get("instructions", ""),
+            "metadata": options.get("metadata"),
+        }
+        if options["background"]:
+            run = runs.run_start(**start, queued=True, on_commit=enqueue_run)
+            return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+        run = runs.run_start(**start)
+        if _wants_stream(request, options):
+            return event_stream_response(live_run_stream(run=run, provider=provider))
+        events = list(runs.run_execute(run=run, provider=provider, stream=False))
+        return Response(events[-1].data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[*THREAD_PARAMETERS, ID_PARAMETER],
+        request=None,
+        responses={
+            200: RunSerializer,
+            409: OpenApiResponse(description="RUN_NOT_ACTIVE: the run already ended"),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, *args, **kwargs) -> Response:
+        run = runs.run_cancel(run_id=self.get_object().pk)
+        return Response(RunSerializer(run).data)
+
+    @extend_schema(
+        parameters=[*THREAD_PARAMETERS, ID_PARAMETER, LAST_EVENT_ID_PARAMETER],
+        responses={(200, "text/event-stream"): EVENT_STREAM_RESPONSE},
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, *args, **kwargs) -> HttpResponseBase:
+        run = self.get_object()
+        raw = request.headers.get("Last-Event-ID", request.query_params.get("last_event_id", "0"))
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+            raise ValidationError({"Last-Event-ID": ["Must be a non-negative event id."]})
+        return event_stream_response(follow_run_stream(run_id=run.pk, after=int(raw)))

@@ -202,6 +202,11 @@ class Run(models.Model):
     # The lease: whoever carries out the run renews it as it makes progress;
     # an active run whose heartbeat is older than RUN_TIMEOUT_SECONDS is dead.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The id the assistant message will have; streamed deltas name it before
+    # the message row exists.
+    reply_message_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    # Sequence number of the run's last stored event; writers hold the row lock.
+    last_event_seq = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ("-created_at", "-id")
@@ -236,3 +241,32 @@ class Run(models.Model):
         if self.started_at is None or self.completed_at is None:
             return None
         return (self.completed_at - self.started_at).total_seconds()
+
+
+class RunEvent(models.Model):
+    """Stored server-sent events of a run, for replay and for followers.
+
+    A ``message.delta`` row holds a batch of pieces: sequence numbers ``seq``
+    to ``last_seq``, one per piece, so streamed text is written in batches,
+    never one row per token.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
+    seq = models.PositiveIntegerField()
+    last_seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=32)
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("run", "seq")
+        constraints = [
+            models.UniqueConstraint(fields=("run", "seq"), name="run_event_unique_seq"),
+            models.CheckConstraint(
+                condition=models.Q(last_seq__gte=models.F("seq")), name="run_event_seq_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.seq}"

@@ -1,15 +1,20 @@
 """Runs: one user message in, one assistant reply out.
 
 Three steps, each visible to every other connection once it returns:
-(1) ``run_start`` stores the user message and the run in one transaction;
-(2) the provider is called outside any transaction, holding no connection;
-(3) ``run_complete`` or ``run_fail`` stores the reply and the final status
-together. A crash between the steps leaves an active run whose heartbeat
-stops; ``runs_expire_stale`` ends it as ``expired``.
+(1) ``run_start`` stores the user message, the run and its first events in
+one transaction; (2) the provider is called outside any transaction, holding
+no connection, and streamed pieces are stored in batches as events; (3) the
+reply and the run's final status are stored together.
+
+Every change of a run after its creation happens under the run row's lock
+(``select_for_update``), so the executor, ``run_cancel`` and the reaper never
+both end one run: whoever comes second sees it ended and backs off.
 """
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +22,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .errors import ObjectNotFound, RunInProgress
+from .documents import message_document, run_document
+from .errors import ObjectNotFound, RunInProgress, RunNotActive
 from .llm import ChatMessage, Completion, Delta, Provider, ProviderError
 from .models import (
     ACTIVE_RUN_STATUSES,
@@ -28,6 +34,7 @@ from .models import (
     MessageStatus,
     Run,
     RunErrorCode,
+    RunEvent,
     RunStatus,
     Thread,
 )
@@ -36,6 +43,22 @@ logger = logging.getLogger(__name__)
 
 AUTO_TITLE_MAX_LENGTH = 60
 _START_ATTEMPTS = 3
+
+DELTA = "message.delta"
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.expired"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event of a run: ``id:`` seq, ``event:`` name, ``data:``."""
+
+    seq: int
+    event: str
+    data: Any
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
 
 
 def title_from_text(text: str) -> str:
@@ -47,6 +70,49 @@ def title_from_text(text: str) -> str:
     return cut.rstrip(" ,.;:-") + "…"
 
 
+# Events ---------------------------------------------------------------------
+
+
+def _expand(rows: Iterable[RunEvent]) -> Iterator[Event]:
+    for row in rows:
+        if row.event == DELTA:
+            message_id = row.data["message_id"]
+            for offset, piece in enumerate(row.data["deltas"]):
+                yield Event(row.seq + offset, DELTA, {"message_id": message_id, "delta": piece})
+        else:
+            yield Event(row.seq, row.event, row.data)
+
+
+def _append_events(run: Run, items: list[tuple[str, Any]]) -> list[Event]:
+    """Store events after ``run.last_event_seq``; the caller saves that field.
+
+    Call inside a transaction that holds the run's lock (or created the run).
+    """
+    rows = []
+    seq = run.last_event_seq
+    for name, data in items:
+        count = len(data["deltas"]) if name == DELTA else 1
+        rows.append(RunEvent(run=run, seq=seq + 1, last_seq=seq + count, event=name, data=data))
+        seq += count
+    RunEvent.objects.bulk_create(rows)
+    run.last_event_seq = seq
+    return list(_expand(rows))
+
+
+def run_events_after(*, run_id: Any, seq: int) -> list[Event]:
+    """The run's stored events with a sequence number above ``seq``, in order."""
+    rows = RunEvent.objects.filter(run_id=run_id, last_seq__gt=seq).order_by("seq")
+    return [event for event in _expand(rows) if event.seq > seq]
+
+
+def _stored_text(run: Run) -> str:
+    batches = RunEvent.objects.filter(run=run, event=DELTA).order_by("seq")
+    return "".join("".join(data["deltas"]) for data in batches.values_list("data", flat=True))
+
+
+# Starting -------------------------------------------------------------------
+
+
 def run_start(
     *,
     thread: Thread,
@@ -56,12 +122,15 @@ def run_start(
     instructions: str = "",
     metadata: dict[str, str] | None = None,
     queued: bool = False,
+    on_commit: Callable[[Run], None] | None = None,
 ) -> Run:
     """Store the user message and a new run on ``thread``, committed.
 
     At most one run per thread is active; the database's partial unique
     index decides races. An active run whose lease ran out is expired first,
-    so a crashed process never locks a thread for good.
+    so a crashed process never locks a thread for good. With ``queued`` the
+    run waits for a worker: ``on_commit(run)`` hands it over once the run is
+    committed, never before.
     """
     for _ in range(_START_ATTEMPTS):
         try:
@@ -73,6 +142,7 @@ def run_start(
                 instructions=instructions,
                 metadata=metadata or {},
                 queued=queued,
+                on_commit=on_commit,
             )
         except IntegrityError:
             pass
@@ -99,17 +169,17 @@ def _insert_run(
     instructions: str,
     metadata: dict[str, str],
     queued: bool,
+    on_commit: Callable[[Run], None] | None,
 ) -> Run:
     now = timezone.now()
     run = Run(
         thread=thread,
-        status=RunStatus.QUEUED if queued else RunStatus.IN_PROGRESS,
+        status=RunStatus.QUEUED,
         provider=provider,
         model=model,
         instructions=instructions,
         metadata=metadata,
         created_at=now,
-        started_at=None if queued else now,
         heartbeat_at=now,
     )
     message = Message(
@@ -118,9 +188,15 @@ def _insert_run(
     run.input_message = message
     conversation = thread.conversation
     with transaction.atomic(durable=True):
-        # The foreign keys are deferred, so the message may point at the run
-        # that is inserted right after it.
+        # The foreign keys are deferred, so the message and the events may
+        # point at the run that is inserted after them.
         message.save(force_insert=True)
+        items = [("run.created", run_document(run)), ("message.created", message_document(message))]
+        if not queued:
+            run.status = RunStatus.IN_PROGRESS
+            run.started_at = now
+            items.append(("run.in_progress", run_document(run)))
+        _append_events(run, items)
         run.save(force_insert=True)
         if conversation.title == DEFAULT_CONVERSATION_TITLE:
             title = title_from_text(input)
@@ -129,7 +205,43 @@ def _insert_run(
             ).update(title=title, updated_at=now)
             if renamed:
                 conversation.title = title
+        if on_commit is not None:
+            # robust: a failed hand-over is logged, and the reaper ends the run.
+            transaction.on_commit(lambda: on_commit(run), robust=True)
     return run
+
+
+def _locked(run_id: Any) -> Run | None:
+    """The run, locked until the end of the caller's transaction."""
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("thread", "input_message", "output_message")
+        .filter(pk=run_id)
+        .first()
+    )
+
+
+def run_claim(*, run_id: Any) -> Run | None:
+    """Move a queued run to ``in_progress`` for the caller to carry out.
+
+    Returns None when the run is not queued any more (cancelled, expired, or
+    claimed by an earlier delivery of the same task): redelivery never runs a
+    run twice.
+    """
+    with transaction.atomic(durable=True):
+        run = _locked(run_id)
+        if run is None or run.status != RunStatus.QUEUED:
+            return None
+        now = timezone.now()
+        run.status = RunStatus.IN_PROGRESS
+        run.started_at = now
+        run.heartbeat_at = now
+        _append_events(run, [("run.in_progress", run_document(run))])
+        run.save(update_fields=["status", "started_at", "heartbeat_at", "last_event_seq"])
+    return run
+
+
+# Executing ------------------------------------------------------------------
 
 
 def run_context(*, run: Run) -> list[ChatMessage]:
@@ -160,124 +272,204 @@ def run_context(*, run: Run) -> list[ChatMessage]:
     return history
 
 
-def _release_connection() -> None:
-    # The provider may take seconds: hand the connection back instead of
-    # holding it idle. Inside a transaction (tests) there is nothing to hand.
+def release_connection() -> None:
+    # The provider may take seconds: hand the connection back (to the pool)
+    # instead of holding it idle. Inside a transaction (tests) there is
+    # nothing to hand back.
     if not connection.in_atomic_block:
         connection.close()
 
 
-def run_execute(
-    *,
-    run: Run,
-    provider: Provider,
-    on_delta: Callable[[str], None] | None = None,
-) -> Run:
-    """Ask the provider for the reply and store the outcome.
+def _as_stream(provider: Provider, messages: list[ChatMessage]) -> Iterator[Delta | Completion]:
+    completion = provider.complete(messages)
+    yield Delta(completion.text)
+    yield completion
 
-    With ``on_delta`` the reply is streamed and each piece is passed on as it
-    arrives. Provider failures end the run as ``failed``; they are expected
-    conditions, logged with their stack trace, never raised to the caller.
+
+def run_execute(*, run: Run, provider: Provider, stream: bool = True) -> Iterator[Event]:
+    """Carry out an ``in_progress`` run; yield its events as they are stored.
+
+    Streamed pieces are stored in batches (at most one write per
+    ``STREAM_FLUSH_MS``), each batch renewing the run's heartbeat and checking
+    that nobody ended the run meanwhile (cancel, reaper): if somebody did,
+    the provider is dropped at once and the events they stored follow.
+    Provider failures end the run as ``failed``; they are expected
+    conditions, logged with their stack trace, never raised.
     """
     messages = run_context(run=run)
-    _release_connection()
+    release_connection()
+    flush_interval = settings.STREAM_FLUSH_MS / 1000
+    # Without streaming nobody waits for the first piece: store it with the end.
+    last_flush = 0.0 if stream else time.monotonic()
     pieces: list[str] = []
+    pending: list[str] = []
+    completion: Completion | None = None
+    source = provider.stream(messages) if stream else _as_stream(provider, messages)
     try:
-        if on_delta is None:
-            completion = provider.complete(messages)
-        else:
-            completion = None
-            for item in provider.stream(messages):
-                if isinstance(item, Delta):
-                    pieces.append(item.text)
-                    on_delta(item.text)
-                else:
-                    completion = item
-            if completion is None:
-                completion = Completion(text="".join(pieces))
+        for item in source:
+            if isinstance(item, Completion):
+                completion = item
+                continue
+            pieces.append(item.text)
+            pending.append(item.text)
+            if time.monotonic() - last_flush < flush_interval:
+                continue
+            stored = _store_deltas(run, pending)
+            if stored is None:
+                yield from run_events_after(run_id=run.pk, seq=run.last_event_seq)
+                return
+            yield from stored
+            pending = []
+            last_flush = time.monotonic()
     except ProviderError as exc:
         logger.exception("Run %s failed: %s", run.pk, exc.code)
-        return run_fail(run=run, code=exc.code, message=exc.public_message, partial="".join(pieces))
-    return run_complete(run=run, completion=completion)
+        final = _finish(
+            run,
+            pending=pending,
+            status=RunStatus.FAILED,
+            text="".join(pieces),
+            error=(exc.code, exc.public_message),
+        )
+    else:
+        completion = completion or Completion(text="".join(pieces))
+        final = _finish(
+            run,
+            pending=pending,
+            status=RunStatus.COMPLETED,
+            text="".join(pieces),
+            completion=completion,
+        )
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    if final is None:
+        yield from run_events_after(run_id=run.pk, seq=run.last_event_seq)
+        return
+    yield from final
 
 
-def _lock_if_in_progress(run: Run) -> bool:
-    status = Run.objects.select_for_update().filter(pk=run.pk).values_list("status", flat=True)
-    current = status.first()
-    if current != RunStatus.IN_PROGRESS:
-        logger.warning("Run %s ended as %s before its reply arrived", run.pk, current)
-        if current is not None:
-            run.status = current
-        return False
-    return True
-
-
-def run_complete(*, run: Run, completion: Completion) -> Run:
-    """Store the assistant message and the run's final status in one transaction."""
-    now = timezone.now()
+def _store_deltas(run: Run, pending: list[str]) -> list[Event] | None:
+    """Store a batch of pieces and renew the lease; None if the run was ended."""
     with transaction.atomic(durable=True):
-        # The lock orders this against the reaper and cancel: a run they
-        # ended meanwhile keeps their verdict, and no reply is attached.
-        if not _lock_if_in_progress(run):
-            return run
+        current = (
+            Run.objects.select_for_update()
+            .filter(pk=run.pk)
+            .values_list("status", "last_event_seq")
+            .first()
+        )
+        if current is None or current[0] != RunStatus.IN_PROGRESS:
+            logger.info("Run %s was ended elsewhere; dropping the provider", run.pk)
+            return None
+        run.last_event_seq = current[1]
+        events = _append_events(
+            run, [(DELTA, {"message_id": str(run.reply_message_id), "deltas": list(pending)})]
+        )
+        run.heartbeat_at = timezone.now()
+        Run.objects.filter(pk=run.pk).update(
+            last_event_seq=run.last_event_seq, heartbeat_at=run.heartbeat_at
+        )
+    release_connection()
+    return events
+
+
+def _finish(
+    run: Run,
+    *,
+    pending: list[str],
+    status: str,
+    text: str,
+    completion: Completion | None = None,
+    error: tuple[str, str] | None = None,
+) -> list[Event] | None:
+    """The executor's last step; None if someone else ended the run first."""
+    with transaction.atomic(durable=True):
+        locked = _locked(run.pk)
+        if locked is None or locked.status != RunStatus.IN_PROGRESS:
+            logger.warning("Run %s ended elsewhere before its reply was stored", run.pk)
+            return None
+        items: list[tuple[str, Any]] = []
+        if pending:
+            items.append(
+                (DELTA, {"message_id": str(locked.reply_message_id), "deltas": list(pending)})
+            )
+        events = _end(
+            locked, status=status, text=text, completion=completion, error=error, items=items
+        )
+    run.status = locked.status
+    run.last_event_seq = locked.last_event_seq
+    return events
+
+
+def _end(
+    run: Run,
+    *,
+    status: str,
+    text: str,
+    completion: Completion | None = None,
+    error: tuple[str, str] | None = None,
+    items: list[tuple[str, Any]] | None = None,
+) -> list[Event]:
+    """Store the final state of a locked run: the reply (if any) and its status."""
+    now = timezone.now()
+    items = items or []
+    if text:
+        finished = status == RunStatus.COMPLETED and (completion is None or completion.finished)
         run.output_message = Message.objects.create(
+            id=run.reply_message_id,
             thread_id=run.thread_id,
             run=run,
             role=MessageRole.ASSISTANT,
-            content=completion.text,
-            status=MessageStatus.COMPLETED if completion.finished else MessageStatus.INCOMPLETE,
-            metadata=completion.metadata,
+            content=text,
+            status=MessageStatus.COMPLETED if finished else MessageStatus.INCOMPLETE,
+            metadata=completion.metadata if completion else {},
+            created_at=now,
         )
-        run.status = RunStatus.COMPLETED
-        if completion.usage is not None:
-            run.prompt_tokens = completion.usage.prompt_tokens
-            run.completion_tokens = completion.usage.completion_tokens
-            run.total_tokens = completion.usage.total_tokens
-        run.completed_at = now
-        run.heartbeat_at = now
-        run.save(
-            update_fields=[
-                "status",
-                "output_message",
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens",
-                "completed_at",
-                "heartbeat_at",
-            ]
-        )
-    return run
+        items.append(("message.completed", message_document(run.output_message)))
+    run.status = status
+    if error is not None:
+        run.error_code, run.error_message = error
+    if completion is not None and completion.usage is not None:
+        run.prompt_tokens = completion.usage.prompt_tokens
+        run.completion_tokens = completion.usage.completion_tokens
+        run.total_tokens = completion.usage.total_tokens
+    run.completed_at = now
+    run.heartbeat_at = now
+    items.append((f"run.{status}", run_document(run)))
+    events = _append_events(run, items)
+    run.save(
+        update_fields=[
+            "status",
+            "output_message",
+            "error_code",
+            "error_message",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "completed_at",
+            "heartbeat_at",
+            "last_event_seq",
+        ]
+    )
+    return events
 
 
-def run_fail(*, run: Run, code: str, message: str, partial: str = "") -> Run:
-    """End the run as ``failed``; text already streamed is kept as incomplete."""
-    now = timezone.now()
+# Ending from outside --------------------------------------------------------
+
+
+def run_cancel(*, run_id: Any) -> Run:
+    """Cancel a queued or in-progress run; the text streamed so far is kept.
+
+    A queued run never starts; an in-progress one is stopped by its executor
+    at the next batch of pieces. Works across processes: the run row is the
+    only channel.
+    """
     with transaction.atomic(durable=True):
-        if not _lock_if_in_progress(run):
-            return run
-        if partial:
-            run.output_message = Message.objects.create(
-                thread_id=run.thread_id,
-                run=run,
-                role=MessageRole.ASSISTANT,
-                content=partial,
-                status=MessageStatus.INCOMPLETE,
-            )
-        run.status = RunStatus.FAILED
-        run.error_code = code
-        run.error_message = message
-        run.completed_at = now
-        run.heartbeat_at = now
-        run.save(
-            update_fields=[
-                "status",
-                "output_message",
-                "error_code",
-                "error_message",
-                "completed_at",
-                "heartbeat_at",
-            ]
-        )
+        run = _locked(run_id)
+        if run is None:
+            raise ObjectNotFound()
+        if not run.is_active:
+            raise RunNotActive(details={"status": run.status})
+        _end(run, status=RunStatus.CANCELLED, text=_stored_text(run))
     return run
 
 
@@ -286,8 +478,9 @@ def runs_expire_stale(
 ) -> int:
     """End active runs whose heartbeat is older than ``RUN_TIMEOUT_SECONDS``.
 
-    Returns how many were expired. One UPDATE: a run that makes progress
-    meanwhile renews its heartbeat and no longer matches.
+    Each is re-checked under its lock, so a run that renewed its lease
+    meanwhile is left alone. The text it had streamed is kept as an
+    incomplete reply. Returns how many were expired.
     """
     now = now or timezone.now()
     deadline = now - timedelta(seconds=settings.RUN_TIMEOUT_SECONDS)
@@ -296,13 +489,19 @@ def runs_expire_stale(
         stale = stale.filter(thread_id=thread_id)
     if run_ids is not None:
         stale = stale.filter(id__in=run_ids)
-    with transaction.atomic():
-        expired = stale.update(
-            status=RunStatus.EXPIRED,
-            error_code=RunErrorCode.RUN_EXPIRED,
-            error_message="The run made no progress within the time limit.",
-            completed_at=now,
-        )
+    expired = 0
+    for run_id in stale.values_list("id", flat=True):
+        with transaction.atomic(durable=True):
+            run = _locked(run_id)
+            if run is None or not run.is_active or run.heartbeat_at >= deadline:
+                continue
+            _end(
+                run,
+                status=RunStatus.EXPIRED,
+                text=_stored_text(run),
+                error=(RunErrorCode.RUN_EXPIRED, "The run made no progress within the time limit."),
+            )
+            expired += 1
     if expired:
         logger.warning("Expired %d stale run(s)", expired)
     return expired

@@ -1,0 +1,72 @@
+"""Run the background worker of the configured task engine."""
+
+import logging
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from conversations.runs import runs_expire_stale
+
+from ...tasks import prepare_task_queue, prune_task_results
+
+logger = logging.getLogger(__name__)
+
+
+def maintain_forever(interval: float, stop: threading.Event) -> None:
+    """Every ``interval`` seconds until ``stop``: expire stale runs, prune task records."""
+    while not stop.wait(interval):
+        try:
+            runs_expire_stale()
+            prune_task_results()
+        except Exception:
+            # The database may be briefly away; the next round tries again.
+            logger.exception("Worker maintenance failed")
+        finally:
+            connection.close()
+
+
+class Command(BaseCommand):
+    help = (
+        "Start the worker that carries out background runs (huey with thread workers "
+        "by default; WORKER_THREADS at once). Expires stale runs at start and then "
+        "periodically, so runs of a crashed worker end as expired."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--threads", type=int, help="Runs carried out at once (default WORKER_THREADS)."
+        )
+
+    def handle(self, *args, **options) -> None:
+        backend = settings.TASKS["default"]["BACKEND"]
+        if "djhuey" not in backend:
+            raise CommandError(
+                f"TASKS backend {backend} brings its own worker (for RQ: "
+                "`manage.py rqworker`); run that, and `manage.py reap_runs` from cron."
+            )
+        from huey.contrib.djhuey import HUEY
+
+        prepare_task_queue()
+        expired = runs_expire_stale()
+        connection.close()
+        self.stdout.write(f"Expired {expired} stale run(s) left by earlier workers.")
+
+        stop = threading.Event()
+        interval = max(5.0, min(60.0, settings.RUN_TIMEOUT_SECONDS / 2))
+        threading.Thread(
+            target=maintain_forever, args=(interval, stop), name="maintenance", daemon=True
+        ).start()
+
+        consumer_options = dict(settings.HUEY.get("consumer", {}))
+        if options["threads"]:
+            consumer_options["workers"] = options["threads"]
+        self.stdout.write(
+            f"Worker: {consumer_options.get('workers', 1)} thread(s), "
+            f"queue {type(HUEY.storage).__name__}."
+        )
+        try:
+            HUEY.create_consumer(**consumer_options).run()
+        finally:
+            stop.set()

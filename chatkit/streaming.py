@@ -1,0 +1,106 @@
+"""Server-sent events for runs: live from this process, or followed from the database."""
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.http import StreamingHttpResponse
+
+from conversations import runs
+from conversations.llm import Provider
+from conversations.models import ACTIVE_RUN_STATUSES, Run
+
+from .logging import request_id_var
+
+logger = logging.getLogger(__name__)
+
+PING = b": ping\n\n"
+DONE = b"event: done\ndata: [DONE]\n\n"
+_END = object()
+
+
+def encode(event: runs.Event) -> bytes:
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.event}\ndata: {data}\n\n".encode()
+
+
+def event_stream_response(body: Iterator[bytes], status: int = 200) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream", status=status)
+    response["Cache-Control"] = "no-cache"
+    # Tell nginx and similar proxies not to buffer the stream.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
+    """Carry out ``run`` in a thread of its own and stream its events.
+
+    The run lives in its own thread so that it goes on, and its reply is
+    stored, when the client goes away; the response only reads a queue,
+    which also lets it send a ping while the provider is silent.
+    """
+    events: queue.Queue[Any] = queue.Queue()
+    request_id = request_id_var.get()
+
+    def carry_out() -> None:
+        request_id_var.set(request_id)
+        try:
+            for event in runs.run_execute(run=run, provider=provider, stream=True):
+                events.put(event)
+        except Exception:
+            # A bug, not a provider failure (those end the run as failed):
+            # log it; the reaper expires the run when its lease runs out.
+            logger.exception("Run %s crashed while streaming", run.pk)
+        finally:
+            connection.close()
+            events.put(_END)
+
+    started = runs.run_events_after(run_id=run.pk, seq=0)
+    threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
+    for event in started:
+        yield encode(event)
+    while True:
+        try:
+            item = events.get(timeout=settings.SSE_PING_SECONDS)
+        except queue.Empty:
+            yield PING
+            continue
+        if item is _END:
+            break
+        yield encode(item)
+    yield DONE
+
+
+def follow_run_stream(*, run_id: Any, after: int) -> Iterator[bytes]:
+    """Replay a run's stored events after ``after``, then follow new ones until it ends."""
+    poll = settings.SSE_POLL_MS / 1000
+    cursor = after
+    last_sent = time.monotonic()
+    try:
+        while True:
+            events = runs.run_events_after(run_id=run_id, seq=cursor)
+            for event in events:
+                yield encode(event)
+                cursor = event.seq
+                if event.is_terminal:
+                    yield DONE
+                    return
+            if events:
+                last_sent = time.monotonic()
+            elif not Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists():
+                # Ended, and its terminal event was sent before ``after``.
+                yield DONE
+                return
+            runs.release_connection()
+            if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
+                yield PING
+                last_sent = time.monotonic()
+            time.sleep(poll)
+    finally:
+        runs.release_connection()

@@ -1,0 +1,53 @@
+"""Background work, through Django's Tasks API: the engine is a setting (TASKS)."""
+
+import logging
+
+from django.conf import settings
+from django_tasks import task
+
+from conversations import runs
+from conversations.models import Run
+
+from .providers import get_provider
+
+logger = logging.getLogger(__name__)
+
+
+@task()
+def execute_run(run_id: str) -> None:
+    """Carry out a queued run. A second delivery of the same run does nothing."""
+    run = runs.run_claim(run_id=run_id)
+    if run is None:
+        logger.info("Run %s is not queued any more; nothing to do", run_id)
+        return
+    for _event in runs.run_execute(run=run, provider=get_provider(), stream=True):
+        pass
+
+
+def enqueue_run(run: Run) -> None:
+    """Hand a queued run to the task engine (called on commit by ``run_start``)."""
+    execute_run.enqueue(run_id=str(run.pk))
+
+
+def prepare_task_queue() -> None:
+    """Create the huey queue's tables when huey keeps them in a SQL database."""
+    if "djhuey" not in settings.TASKS["default"]["BACKEND"]:
+        return
+    from huey.contrib.djhuey import HUEY
+
+    initialize = getattr(HUEY.storage, "initialize_schema", None)
+    if initialize is not None:
+        initialize()
+
+
+def prune_task_results() -> None:
+    """Drop the result records huey keeps for every task; nothing reads them.
+
+    Records of tasks in flight go too, which only skips their bookkeeping: the
+    run row, not the task record, is the source of truth.
+    """
+    if "djhuey" not in settings.TASKS["default"]["BACKEND"]:
+        return
+    from huey.contrib.djhuey import HUEY
+
+    HUEY.storage.flush_results()

@@ -1,0 +1,58 @@
+"""The JSON shape of messages and runs, shared by the API and stored events.
+
+Events keep a snapshot of the run or message as it was when they happened,
+so the domain renders them; the API's serializers render through the same
+functions, so a replayed event and a GET never disagree.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from .models import Message, Run
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def message_document(message: Message) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "thread_id": str(message.thread_id),
+        "run_id": str(message.run_id) if message.run_id else None,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "created_at": iso(message.created_at),
+        "metadata": message.metadata,
+    }
+
+
+def run_document(run: Run) -> dict[str, Any]:
+    """Needs ``thread``, ``input_message`` and ``output_message`` loaded or cached."""
+    usage = None
+    if run.total_tokens is not None:
+        usage = {
+            "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens,
+            "total_tokens": run.total_tokens,
+        }
+    return {
+        "id": str(run.id),
+        "thread_id": str(run.thread_id),
+        "session_id": str(run.thread.conversation_id),
+        "status": run.status,
+        "input_message": message_document(run.input_message) if run.input_message else None,
+        "output_message": message_document(run.output_message) if run.output_message else None,
+        "error": {"code": run.error_code, "message": run.error_message} if run.error_code else None,
+        "usage": usage,
+        "provider": run.provider,
+        "model": run.model,
+        "metadata": run.metadata,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
+    }

@@ -1,0 +1,22 @@
+"""gunicorn settings for `make run` and production (`gunicorn -c gunicorn.conf.py ...`).
+
+gthread workers: each request holds a thread, and a streamed run holds one
+for as long as the reply takes, waiting on I/O. Many threads per process keep
+slow streams from starving other requests, while the GIL is released during
+that waiting; two processes use both cores. Each process uses at most
+DB_POOL_MAX_SIZE database connections, however many threads it has.
+"""
+
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "128"))
+# gthread workers heartbeat from their main loop, so a long stream does not
+# trip this; it bounds a stuck worker.
+timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
