@@ -24,11 +24,11 @@ class RequestIDMiddleware:
         supplied = request.headers.get(REQUEST_ID_HEADER, "")
         request_id = supplied if _SANE_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         request.request_id = request_id
-        token = request_id_var.set(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id_var.reset(token)
+        # Deliberately not reset on the way out: django.request logs 4xx and 5xx
+        # responses, and streamed bodies run, after this middleware has returned,
+        # and their records need the id too. The next request sets its own.
+        request_id_var.set(request_id)
+        response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response
 
