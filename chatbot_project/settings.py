@@ -112,8 +112,24 @@ DB_CONNECT_TIMEOUT_SECONDS = env_int("DB_CONNECT_TIMEOUT_SECONDS", 5)
 _default_db = dj_database_url.parse(
     DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True
 )
+DB_POOL = env_bool("DB_POOL", True)
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 2)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 20)
 if _default_db["ENGINE"] == "django.db.backends.postgresql":
     _options = _default_db.setdefault("OPTIONS", {})
+    if DB_POOL:
+        # psycopg's pool: handing a connection back (connection.close(), as
+        # runs do while they wait on a provider) costs nothing, and each
+        # process opens at most DB_POOL_MAX_SIZE connections however many
+        # threads it runs. Off (DB_POOL=0) behind PgBouncer.
+        _default_db["CONN_MAX_AGE"] = 0
+        # With a pool, Django turns health checks into the pool's own check.
+        _default_db["CONN_HEALTH_CHECKS"] = True
+        _options["pool"] = {
+            "min_size": DB_POOL_MIN_SIZE,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": DB_CONNECT_TIMEOUT_SECONDS * 2,
+        }
     _options.setdefault("connect_timeout", DB_CONNECT_TIMEOUT_SECONDS)
     # Nothing may hang: a stuck statement or lock wait becomes an error that
     # the API turns into 503 SERVICE_UNAVAILABLE.

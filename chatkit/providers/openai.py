@@ -109,7 +109,8 @@ class OpenAIProvider:
         yield Completion(
             text="".join(pieces),
             usage=usage,
-            finished=finish_reason not in _STOPPED_EARLY,
+            # A stream cut off before its finish_reason is a reply cut short.
+            finished=finish_reason is not None and finish_reason not in _STOPPED_EARLY,
             metadata=self._metadata(),
         )
 
