@@ -1,0 +1,114 @@
+"""Query counts of the runs endpoints: fixed, and independent of the page size.
+
+Counted inside the test's transaction, so each service transaction shows up
+as a SAVEPOINT / RELEASE SAVEPOINT pair (BEGIN and COMMIT outside tests).
+"""
+
+import pytest
+
+from conversations.models import Conversation, Thread
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The users' passwords are never checked here; hashing them is the slow part.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def thread(owner) -> Thread:
+    # A custom title: the first run does not rename the session.
+    conversation = Conversation.objects.create(user=owner, title="Pinned", instructions="Hi.")
+    return Thread.objects.create(conversation=conversation)
+
+
+def thread_url(thread: Thread) -> str:
+    return f"/api/v1/chatkit/sessions/{thread.conversation_id}/threads/{thread.pk}"
+
+
+@pytest.fixture
+def thread_with_runs(api, thread) -> Thread:
+    for n in range(6):
+        response = api.post(f"{thread_url(thread)}/runs", {"input": f"Turn {n}"}, format="json")
+        assert response.status_code == 201
+    return thread
+
+
+def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
+    # 1 SELECT user (token authentication)
+    # 2 SELECT session, among the user's own
+    # 3 SELECT thread, in that session
+    # run_start, one transaction:
+    #   4 SAVEPOINT, 5 INSERT user message, 6 INSERT run events (run.created,
+    #   message.created, run.in_progress), 7 INSERT run, 8 RELEASE SAVEPOINT
+    # 9 SELECT newest messages (the provider's context)
+    # the reply and the final status, one transaction:
+    #   10 SAVEPOINT, 11 SELECT run FOR UPDATE (with its messages),
+    #   12 INSERT assistant message, 13 INSERT run events (message.delta,
+    #   message.completed, run.completed), 14 UPDATE run, 15 RELEASE SAVEPOINT
+    with django_assert_num_queries(15):
+        response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["data"]["status"] == "completed"
+
+
+def test_first_run_of_a_new_chat_adds_only_the_rename(api, owner, django_assert_num_queries):
+    thread = Thread.objects.create(conversation=Conversation.objects.create(user=owner))
+
+    # The 15 above, plus the session's UPDATE to its new title, in run_start's transaction.
+    with django_assert_num_queries(16):
+        response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
+
+    assert response.status_code == 201
+    thread.conversation.refresh_from_db()
+    assert thread.conversation.title == "Hello"
+
+
+@pytest.mark.parametrize("limit", [1, 6, 100])
+def test_runs_list_queries_do_not_grow_with_the_page(
+    api, thread_with_runs, django_assert_num_queries, limit
+):
+    # user, session, thread, runs with both their messages (one JOIN)
+    with django_assert_num_queries(4):
+        response = api.get(f"{thread_url(thread_with_runs)}/runs", {"limit": limit})
+
+    assert response.status_code == 200
+    runs = response.json()["data"]
+    assert len(runs) == min(limit, 6)
+    assert all(run["output_message"]["content"].startswith("Echo: ") for run in runs)
+
+
+def test_runs_list_after_a_cursor_adds_one_query(api, thread_with_runs, django_assert_num_queries):
+    first = api.get(f"{thread_url(thread_with_runs)}/runs", {"limit": 2}).json()
+
+    # user, session, thread, the cursor's position, the page
+    with django_assert_num_queries(5):
+        response = api.get(
+            f"{thread_url(thread_with_runs)}/runs",
+            {"limit": 3, "after": first["pagination"]["last_id"]},
+        )
+
+    assert len(response.json()["data"]) == 3
+
+
+@pytest.mark.parametrize("limit", [1, 12, 100])
+def test_messages_list_queries_do_not_grow_with_the_page(
+    api, thread_with_runs, django_assert_num_queries, limit
+):
+    # user, session, thread, messages
+    with django_assert_num_queries(4):
+        response = api.get(f"{thread_url(thread_with_runs)}/messages", {"limit": limit})
+
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == min(limit, 12)
+
+
+def test_messages_list_filtered_by_run_queries(api, thread_with_runs, django_assert_num_queries):
+    run_id = api.get(f"{thread_url(thread_with_runs)}/runs").json()["data"][0]["id"]
+
+    # user, session, thread, messages of the run
+    with django_assert_num_queries(4):
+        response = api.get(f"{thread_url(thread_with_runs)}/messages", {"run_id": run_id})
+
+    assert [m["role"] for m in response.json()["data"]] == ["user", "assistant"]
