@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from .errors import ObjectNotFound, SessionLimitReached
 from .models import Conversation, Thread
@@ -23,8 +23,15 @@ def _save_changes(instance: M, changes: dict[str, Any]) -> M:
     if changed:
         for name in changed:
             setattr(instance, name, changes[name])
-        with transaction.atomic(durable=True):
-            instance.save(update_fields=[*changed, "updated_at"])
+        try:
+            with transaction.atomic(durable=True):
+                instance.save(update_fields=[*changed, "updated_at"])
+        except DatabaseError:
+            # save(update_fields=...) raises when no row matched: the object was
+            # deleted between the view's lookup and this update.
+            if not type(instance).objects.filter(pk=instance.pk).exists():
+                raise ObjectNotFound() from None
+            raise
     return instance
 
 
