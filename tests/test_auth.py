@@ -1,6 +1,9 @@
 """Registration, tokens, rotation, logout and the current user."""
 
+import base64
+import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
@@ -199,6 +202,20 @@ def test_token_rejects_unknown_field(anon, owner):
     assert "scope" in response.json()["error"]["details"]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("endpoint", [TOKEN, REGISTER])
+@pytest.mark.parametrize("field", ["username", "password"])
+def test_nul_in_credentials_is_400(anon, owner, endpoint, field):
+    body = {"username": "owner", "password": PASSWORD, field: "own\x00er"}
+
+    response = anon.post(endpoint, body, format="json")
+
+    assert response.status_code == 400
+    assert error_code(response) == "VALIDATION_ERROR"
+    assert field in response.json()["error"]["details"]
+    assert User.objects.count() == 1
+
+
 # Refresh and logout
 
 
@@ -371,6 +388,44 @@ def test_token_signed_with_another_key_is_401(anon, owner):
         token.token_backend.algorithm, signing_key="another-key-entirely-0123456789abcdef"
     ).encode(token.payload)
     anon.credentials(HTTP_AUTHORIZATION=f"Bearer {forged}")
+
+    response = anon.get(ME)
+
+    assert response.status_code == 401
+    assert error_code(response) == "AUTHENTICATION_FAILED"
+
+
+@pytest.mark.django_db
+def test_expired_access_token_is_401(anon, owner):
+    token = AccessToken.for_user(owner)
+    token.set_exp(lifetime=-timedelta(seconds=1))
+    anon.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    response = anon.get(ME)
+
+    assert response.status_code == 401
+    assert error_code(response) == "AUTHENTICATION_FAILED"
+
+
+@pytest.mark.django_db
+def test_expired_refresh_token_is_401(anon, owner):
+    token = RefreshToken.for_user(owner)
+    token.set_exp(lifetime=-timedelta(seconds=1))
+
+    response = anon.post(REFRESH, {"refresh": str(token)}, format="json")
+
+    assert response.status_code == 401
+    assert error_code(response) == "AUTHENTICATION_FAILED"
+
+
+@pytest.mark.django_db
+def test_unsigned_token_is_401(anon, owner):
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    payload = AccessToken.for_user(owner).payload
+    unsigned = f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
+    anon.credentials(HTTP_AUTHORIZATION=f"Bearer {unsigned}")
 
     response = anon.get(ME)
 
