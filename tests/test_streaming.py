@@ -8,11 +8,12 @@ provider that fails midway leaves the text so far as an incomplete reply.
 
 import pytest
 
+from conversations import runs
 from conversations.models import Conversation, Message, MessageRole, Run, Thread
 from tests.conftest import client_for
 from tests.db import fetch_row, fetch_rows
 from tests.openai_server import TEST_MODEL, Fail, Reply
-from tests.sse import Comment, SSEStream, bearer, delta_text, deltas, runs_path
+from tests.sse import Comment, SSEStream, bearer, delta_text, deltas, runs_path, wait_until
 
 pytest_plugins = ["tests.conftest_openai"]
 
@@ -218,3 +219,28 @@ def test_silent_provider_gets_pings_until_it_speaks(
     assert all(item.text == "ping" for item in items if isinstance(item, Comment))
     assert any(in_progress < i < first_delta for i in pings), items
     assert delta_text(events) == "finally some words"
+
+
+def test_client_that_goes_away_leaves_a_run_that_completes(live_server, owner, thread, settings):
+    settings.ECHO_DELAY_MS = 30
+    words = " ".join(f"piece{i}" for i in range(15))
+
+    with start_stream(live_server, owner, thread, {"input": words, "stream": True}) as s:
+        first = s.read_until(lambda event: event.event == "message.delta")
+    # The connection is closed after the first delta; the run goes on.
+    assert first.data["delta"] == "Echo: "
+    run_id = Run.objects.get().pk
+
+    def ended():
+        row = fetch_row(Run, run_id)
+        return row if row["status"] not in ("queued", "in_progress") else None
+
+    row = wait_until(ended, timeout=20, what="the run to end")
+    assert row["status"] == "completed"
+    reply = fetch_row(Message, row["output_message_id"])
+    assert reply["content"] == f"Echo: {words}"
+    assert reply["status"] == "completed"
+    assert reply["id"] == Run.objects.get(pk=run_id).reply_message_id
+    # Its stored events are whole: the client can come back and read them all.
+    stored = [event.event for event in runs.run_events_after(run_id=run_id, seq=0)]
+    assert stored[-2:] == ["message.completed", "run.completed"]
