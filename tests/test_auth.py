@@ -159,6 +159,15 @@ def test_access_token_sub_is_the_user_uuid(anon, owner):
 
 
 @pytest.mark.django_db
+def test_login_ignores_a_stale_authorization_header(anon, owner):
+    anon.credentials(HTTP_AUTHORIZATION="Bearer expired-or-garbage")
+
+    pair = obtain_pair(anon)
+
+    assert AccessToken(pair["access"])["sub"] == str(owner.pk)
+
+
+@pytest.mark.django_db
 def test_wrong_password_is_401(anon, owner):
     response = anon.post(TOKEN, {"username": "owner", "password": "wrong"}, format="json")
 
