@@ -140,6 +140,8 @@ BODY_CASES = [
     (b"[" * 100_000 + b"]" * 100_000, 400, "MALFORMED_REQUEST"),
     (b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "MALFORMED_REQUEST"),
     (b'{"foo": ' + b"[" * 500 + b"]" * 500 + b"}", 400, "VALIDATION_ERROR"),
+    (b'{"title": 1e999}', 400, "VALIDATION_ERROR"),
+    (b'{"title": 1' + b"0" * 5000 + b"}", 400, "MALFORMED_REQUEST"),
 ]
 
 
@@ -156,6 +158,16 @@ def test_body_that_is_not_a_json_object(api, urls, target, raw, status, code):
     error = assert_error(response, status, code)
     assert "Traceback" not in json.dumps(error)
     assert snapshot() == before
+
+
+def test_parser_message_is_not_echoed(api, urls):
+    method, url = urls["create session"]
+
+    response = send(api, method, url, b'{"title": "x" "y"}')
+
+    assert_error(response, 400, "MALFORMED_REQUEST")
+    for leak in ("Expecting", "line 1", "column", "char"):
+        assert leak not in response.content.decode()
 
 
 @pytest.mark.parametrize("target", WRITE_TARGETS)
