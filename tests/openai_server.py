@@ -239,7 +239,7 @@ class FakeOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._script: deque[Action] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
@@ -265,7 +265,13 @@ class FakeOpenAIServer:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self._lock.notify_all()
             return self._script.popleft() if self._script else self.default
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests have arrived; False if they did not in time."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
 
     def sleep(self, seconds: float) -> None:
         # Cut short by stop(), so a test never waits for a reply nobody reads.

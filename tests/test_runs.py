@@ -288,6 +288,7 @@ def test_no_instructions_means_no_system_message(api, thread, openai_settings):
         pytest.param({"input": 5}, "input", id="number"),
         pytest.param({"input": None}, "input", id="null"),
         pytest.param({"input": ["hi"]}, "input", id="list"),
+        pytest.param({"input": "nul \u0000 byte"}, "input", id="nul_character"),
         pytest.param({"input": "hi", "stream": "yes"}, "stream", id="stream_string"),
         pytest.param({"input": "hi", "background": 1}, "background", id="background_number"),
         pytest.param({"input": "hi", "instructions": 7}, "instructions", id="instructions_number"),
@@ -358,6 +359,15 @@ def test_foreign_runs_and_messages_are_404(api, stranger_api, thread):
         assert response.json()["error"]["code"] == "NOT_FOUND"
 
 
+def test_missing_or_malformed_run_id_is_404(api, thread):
+    post_run(api, thread, {"input": "Hi"})
+
+    for run_id in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
+        response = api.get(f"{runs_url(thread)}/{run_id}")
+        assert response.status_code == 404, run_id
+        assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
 def test_run_on_a_thread_through_the_wrong_session_is_404(api, owner, thread):
     other_session = Conversation.objects.create(user=owner, title="Other")
     url = f"{SESSIONS}/{other_session.pk}/threads/{thread.pk}/runs"
@@ -383,6 +393,41 @@ def test_unauthenticated_run_is_401(anon, thread):
 
     assert response.status_code == 401
     assert not Message.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_user_message_and_run_are_committed_before_the_provider_answers(owner, openai_settings):
+    session = Conversation.objects.create(user=owner, title="Committed first")
+    thread = Thread.objects.create(conversation=session)
+    gate = threading.Event()
+    openai_settings.queue(Reply(text="Eventually", gate=gate))
+    client = client_for(owner)
+    results: queue.Queue = queue.Queue()
+
+    def post():
+        try:
+            results.put(post_run(client, thread, {"input": "Are you committed?"}))
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    try:
+        assert openai_settings.wait_for_requests(1)
+        # The provider is still thinking: another connection already sees both rows.
+        [message] = fetch_rows(Message, thread=thread.pk)
+        [run] = fetch_rows(Run, thread=thread.pk)
+    finally:
+        gate.set()
+        worker.join(timeout=20)
+
+    assert (message["role"], message["content"]) == ("user", "Are you committed?")
+    assert run["status"] == "in_progress"
+    assert run["input_message_id"] == message["id"]
+    response = results.get(timeout=5)
+    assert response.status_code == 201
+    assert response.json()["data"]["output_message"]["content"] == "Eventually"
+    assert fetch_rows(Run, thread=thread.pk)[0]["status"] == "completed"
 
 
 # One active run per thread.
@@ -458,3 +503,35 @@ def test_concurrent_runs_on_one_thread_admit_exactly_one(owner, openai_settings)
     user_rows = fetch_rows(Message, thread=thread.pk, role="user")
     assert [row["content"] for row in user_rows] == ["Me first"]
     assert [str(row["id"]) for row in fetch_rows(Run, thread=thread.pk)] == [winner["id"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_runs_on_different_threads_all_succeed(owner):
+    session = Conversation.objects.create(user=owner)
+    threads = [Thread.objects.create(conversation=session) for _ in range(6)]
+    clients = [client_for(owner) for _ in threads]
+    barrier = threading.Barrier(len(threads))
+    results: queue.Queue = queue.Queue()
+
+    def attempt(client, thread):
+        try:
+            barrier.wait(timeout=10)
+            results.put(post_run(client, thread, {"input": f"Thread {thread.pk}"}))
+        except BaseException as exc:
+            results.put(exc)
+        finally:
+            connections.close_all()
+
+    workers = [
+        threading.Thread(target=attempt, args=pair) for pair in zip(clients, threads, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    responses = [results.get(timeout=1) for _ in threads]
+
+    assert [getattr(r, "status_code", r) for r in responses] == [201] * len(threads)
+    for thread in threads:
+        [run] = fetch_rows(Run, thread=thread.pk)
+        assert run["status"] == "completed"
