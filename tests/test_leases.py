@@ -1,0 +1,187 @@
+"""Leases: a run whose executor died ends as ``expired``, never stays active forever.
+
+A real worker subprocess is killed with SIGKILL in the middle of a slow run;
+``reap_runs`` (or the next worker, at its start) expires the run once its
+heartbeat is older than RUN_TIMEOUT_SECONDS, keeping the text streamed so far
+as an incomplete reply, and the thread takes new runs again.
+"""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from chatkit.providers import get_provider
+from conversations import runs
+from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from tests.db import fetch_row, fetch_rows
+from tests.sse import delta_text, runs_path, streamed_events, wait_until, worker_process
+
+LONG_INPUT = " ".join(f"w{i}" for i in range(40))
+FULL_REPLY = f"Echo: {LONG_INPUT}"
+TIMEOUT = 2
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def thread(owner) -> Thread:
+    return Thread.objects.create(conversation=Conversation.objects.create(user=owner))
+
+
+@pytest.fixture
+def short_lease(settings):
+    settings.RUN_TIMEOUT_SECONDS = TIMEOUT
+
+
+def stored_text(run_id) -> str:
+    batches = RunEvent.objects.filter(run_id=run_id, event="message.delta").order_by("seq")
+    return "".join("".join(data["deltas"]) for data in batches.values_list("data", flat=True))
+
+
+def kill_worker_mid_run(api, thread) -> tuple[str, str]:
+    """A background run that a worker is streaming when it gets SIGKILL: (run id, text so far)."""
+    response = api.post(runs_path(thread), {"input": LONG_INPUT, "background": True}, format="json")
+    assert response.status_code == 202
+    run_id = response.json()["data"]["id"]
+    with worker_process(ECHO_DELAY_MS="100", RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
+        wait_until(
+            lambda: len(fetch_rows(RunEvent, run=run_id, event="message.delta")) >= 2,
+            timeout=30,
+            what="the worker to stream",
+        )
+        worker.kill()
+    row = fetch_row(Run, run_id)
+    assert row["status"] == "in_progress", (row, worker.output())
+    text = stored_text(run_id)
+    assert text
+    assert len(text) < len(FULL_REPLY)
+    return run_id, text
+
+
+def assert_expired_keeping(api, thread, run_id, text) -> None:
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "expired"
+    assert run.error_code == "RUN_EXPIRED"
+    assert run.completed_at is not None
+    [reply] = Message.objects.filter(run=run, role="assistant")
+    assert run.output_message_id == reply.id
+    assert (reply.content, reply.status) == (text, "incomplete")
+    data = api.get(f"{runs_path(thread)}/{run_id}").json()["data"]
+    assert data["status"] == "expired"
+    assert data["error"]["code"] == "RUN_EXPIRED"
+    assert data["output_message"]["content"] == text
+    events = streamed_events(api.get(f"{runs_path(thread)}/{run_id}/events"))
+    names = [event.event for event in events]
+    assert names[-3:] == ["message.completed", "run.expired", "done"]
+    assert [event.id for event in events[:-1]] == list(range(1, len(events)))
+    assert delta_text(events) == text
+    assert events[-2].data == data
+    # The thread takes a new run.
+    again = api.post(runs_path(thread), {"input": "after the crash"}, format="json")
+    assert again.status_code == 201, again.json()
+    assert again.json()["data"]["status"] == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reaper_expires_the_run_of_a_killed_worker(api, thread, short_lease):
+    run_id, text = kill_worker_mid_run(api, thread)
+
+    def reaped():
+        call_command("reap_runs", stdout=StringIO())
+        return fetch_row(Run, run_id)["status"] != "in_progress"
+
+    wait_until(reaped, timeout=20, interval=0.2, what="reap_runs to expire the run")
+
+    assert_expired_keeping(api, thread, run_id, text)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_next_worker_expires_the_run_of_a_killed_one(api, thread, short_lease):
+    run_id, text = kill_worker_mid_run(api, thread)
+
+    def lease_ran_out():
+        heartbeat = fetch_row(Run, run_id)["heartbeat_at"]
+        return timezone.now() - heartbeat > timedelta(seconds=TIMEOUT + 0.5)
+
+    wait_until(lease_ran_out, timeout=20, what="the lease to run out")
+    with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
+        wait_until(
+            lambda: fetch_row(Run, run_id)["status"] != "in_progress",
+            timeout=30,
+            what="the new worker to expire the run",
+        )
+        assert "Expired 1 stale run(s)" in worker.output()
+
+    assert_expired_keeping(api, thread, run_id, text)
+
+
+def abandoned_run(thread, settings) -> Run:
+    """An in-progress run with stored deltas whose executor went away."""
+    settings.STREAM_FLUSH_MS = 0
+    provider = get_provider()
+    run = runs.run_start(thread=thread, input=LONG_INPUT, provider="echo", model=provider.model)
+    execution = runs.run_execute(run=run, provider=provider, stream=True)
+    seen = [next(execution), next(execution)]
+    assert [event.event for event in seen] == ["message.delta", "message.delta"]
+    # The process dies here: nothing more is stored for this run.
+    del execution
+    run.refresh_from_db()
+    assert run.status == "in_progress"
+    return run
+
+
+def age(run: Run, seconds: float) -> None:
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=seconds))
+
+
+@pytest.mark.django_db
+def test_a_new_run_expires_the_stale_one_that_holds_the_thread(api, thread, settings):
+    settings.RUN_TIMEOUT_SECONDS = 60
+    stale = abandoned_run(thread, settings)
+    text = stored_text(stale.pk)
+    assert text == "Echo: w0 "
+
+    blocked = api.post(runs_path(thread), {"input": "too early"}, format="json")
+    assert blocked.status_code == 409
+    assert blocked.json()["error"]["details"]["active_run_id"] == str(stale.pk)
+
+    age(stale, 61)
+    response = api.post(runs_path(thread), {"input": "after the lease"}, format="json")
+
+    assert response.status_code == 201, response.json()
+    stale.refresh_from_db()
+    assert stale.status == "expired"
+    assert stale.error_code == "RUN_EXPIRED"
+    reply = Message.objects.get(pk=stale.output_message_id)
+    assert (reply.content, reply.status) == (text, "incomplete")
+
+
+@pytest.mark.django_db
+def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
+    settings.RUN_TIMEOUT_SECONDS = 60
+    running = abandoned_run(thread, settings)
+    other = Thread.objects.create(conversation=thread.conversation)
+    queued = api.post(runs_path(other), {"input": "q", "background": True}, format="json")
+    queued_id = queued.json()["data"]["id"]
+    third = Thread.objects.create(conversation=thread.conversation)
+    finished = api.post(runs_path(third), {"input": "done"}, format="json").json()["data"]
+    now = timezone.now()
+    Run.objects.update(heartbeat_at=now)
+
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=59)) == 0
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=61)) == 2
+
+    statuses = dict(Run.objects.values_list("id", "status"))
+    assert statuses[running.pk] == "expired"
+    assert statuses[Run.objects.get(pk=queued_id).pk] == "expired"
+    assert statuses[Run.objects.get(pk=finished["id"]).pk] == "completed"
+    queued_run = Run.objects.get(pk=queued_id)
+    assert queued_run.error_code == "RUN_EXPIRED"
+    assert queued_run.output_message is None
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=600)) == 0
