@@ -7,6 +7,8 @@ incomplete message, and the stream ends with message.completed, run.cancelled
 and done.
 """
 
+import threading
+
 import pytest
 
 from chatkit.tasks import execute_run
@@ -14,6 +16,7 @@ from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.conftest import client_for
 from tests.db import fetch_row, fetch_rows
+from tests.openai_server import Reply
 from tests.sse import (
     SSEStream,
     bearer,
@@ -24,6 +27,8 @@ from tests.sse import (
     wait_until,
     worker_process,
 )
+
+pytest_plugins = ["tests.conftest_openai"]
 
 LONG_INPUT = " ".join(f"w{i}" for i in range(40))
 
@@ -207,3 +212,48 @@ def test_cancel_a_run_in_a_worker_stops_the_worker(api, thread):
     assert set(names[3:-3]) == {"message.delta"}
     assert [event.id for event in events[:-1]] == list(range(1, len(events)))
     assert_cancelled_with_the_streamed_text(queued["id"], response, events)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_while_the_provider_is_silent_ends_the_stream(
+    live_server, owner, thread, settings, openai_settings
+):
+    # A provider that thinks for a long time before its first token: the
+    # cancelled run is over, so its stream must end now, not whenever the
+    # provider speaks again (or times out).
+    settings.SSE_PING_SECONDS = 1
+    settings.LLM_TIMEOUT_SECONDS = 30
+    speak = threading.Event()
+    openai_settings.queue(Reply(text="too late", gate=speak))
+    api = client_for(owner)
+    executor = None
+    try:
+        with SSEStream(
+            live_server.url + runs_path(thread),
+            method="POST",
+            headers=bearer(owner),
+            body={"input": "think hard", "stream": True},
+        ) as stream:
+            stream.read_until(lambda event: event.event == "run.in_progress")
+            run_id = Run.objects.get().pk
+            executor = next(t for t in threading.enumerate() if t.name == f"run-{run_id}")
+            wait_until(lambda: openai_settings.requests, timeout=10, what="the provider call")
+            response = api.post(cancel_url(thread, run_id))
+            assert response.status_code == 200, response.json()
+            events = stream.read_all(deadline=6)
+    finally:
+        speak.set()
+        if executor is not None:
+            executor.join(timeout=10)
+
+    assert [event.event for event in events] == [
+        "run.created",
+        "message.created",
+        "run.in_progress",
+        "run.cancelled",
+        "done",
+    ]
+    assert events[-2].data == response.json()["data"]
+    run = Run.objects.get(pk=run_id)
+    assert run.status == "cancelled"
+    assert not Message.objects.filter(run=run, role="assistant").exists()

@@ -220,3 +220,31 @@ def test_following_a_queued_run_pings_then_sees_it_end(live_server, owner, threa
     assert [event.id for event in events[:-1]] == [1, 2, 3]
     assert events[2].data == cancelled.json()["data"]
     assert [item.text for item in s.items if isinstance(item, Comment)][:1] == ["ping"]
+
+
+@pytest.mark.django_db
+def test_follower_gets_the_end_of_a_run_that_ends_between_two_polls(
+    api, thread, settings, monkeypatch
+):
+    # The run ends right after the follower's read of new events found none,
+    # before it checks whether the run is still active: the follower must
+    # still send the final events, not just done. The wrapper only times the
+    # cancel; the real function does the reading.
+    settings.SSE_POLL_MS = 10
+    queued = api.post(runs_path(thread), {"input": "x", "background": True}, format="json")
+    run_id = queued.json()["data"]["id"]
+    read_events = runs.run_events_after
+    cancelled = []
+
+    def read_then_cancel(*, run_id, seq):
+        events = read_events(run_id=run_id, seq=seq)
+        if not events and not cancelled:
+            cancelled.append(runs.run_cancel(run_id=run_id))
+        return events
+
+    monkeypatch.setattr(runs, "run_events_after", read_then_cancel)
+
+    events = replay(api, thread, run_id, HTTP_LAST_EVENT_ID="2")
+
+    assert cancelled
+    assert [(event.id, event.event) for event in events] == [(3, "run.cancelled"), (None, "done")]
