@@ -14,7 +14,15 @@ from chatkit.tasks import enqueue_run, execute_run
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.db import fetch_row, fetch_rows
-from tests.sse import delta_text, runs_path, streamed_events, wait_until, worker_process
+from tests.sse import (
+    SSEStream,
+    bearer,
+    delta_text,
+    runs_path,
+    streamed_events,
+    wait_until,
+    worker_process,
+)
 
 ACTIVE = ("queued", "in_progress")
 
@@ -48,10 +56,9 @@ def wait_for_end(run_id, timeout: float = 30.0, worker=None) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_background_run_is_queued_then_carried_out_by_a_worker(api, thread):
-    response = api.post(
-        runs_path(thread), {"input": "work on this later", "background": True}, format="json"
-    )
+def test_background_run_is_queued_then_carried_out_by_a_worker(live_server, owner, api, thread):
+    text = " ".join(f"later{i}" for i in range(12))
+    response = api.post(runs_path(thread), {"input": text, "background": True}, format="json")
 
     assert response.status_code == 202, response.json()
     queued = response.json()["data"]
@@ -61,16 +68,20 @@ def test_background_run_is_queued_then_carried_out_by_a_worker(api, thread):
     assert queued["completed_at"] is None
     assert fetch_row(Run, queued["id"])["status"] == "queued"
 
-    with worker_process() as worker:
-        row = wait_for_end(queued["id"], worker=worker)
-        log = worker.output()
+    # A client follows the run's events live while the worker carries it out.
+    events_url = f"{runs_path(thread)}/{queued['id']}/events"
+    with SSEStream(live_server.url + events_url, headers=bearer(owner)) as follower:
+        follower.read_until(lambda event: event.event == "message.created")
+        with worker_process(ECHO_DELAY_MS="30") as worker:
+            followed = follower.read_all()
+            row = wait_for_end(queued["id"], worker=worker)
+            log = worker.output()
 
     assert "Traceback" not in log, log
-
     assert row["status"] == "completed", row
     assert row["error_code"] == ""
     reply = fetch_row(Message, row["output_message_id"])
-    assert reply["content"] == "Echo: work on this later"
+    assert reply["content"] == f"Echo: {text}"
     assert reply["status"] == "completed"
     assert reply["role"] == "assistant"
     assert [m["id"] for m in fetch_rows(Message, run=queued["id"], role="assistant")] == [
@@ -79,13 +90,15 @@ def test_background_run_is_queued_then_carried_out_by_a_worker(api, thread):
     done = api.get(f"{runs_path(thread)}/{queued['id']}").json()["data"]
     assert done["status"] == "completed"
     assert done["started_at"] is not None
-    assert done["output_message"]["content"] == "Echo: work on this later"
-    events = streamed_events(api.get(f"{runs_path(thread)}/{queued['id']}/events"))
-    names = [event.event for event in events]
-    assert names[:3] == ["run.created", "message.created", "run.in_progress"]
-    assert names[-3:] == ["message.completed", "run.completed", "done"]
-    assert [event.id for event in events[:-1]] == list(range(1, len(events)))
-    assert delta_text(events) == reply["content"]
+    assert done["output_message"]["content"] == reply["content"]
+    for events in (followed, streamed_events(api.get(events_url))):
+        names = [event.event for event in events]
+        assert names[:3] == ["run.created", "message.created", "run.in_progress"]
+        assert names[-3:] == ["message.completed", "run.completed", "done"]
+        assert set(names[3:-3]) == {"message.delta"}
+        assert [event.id for event in events[:-1]] == list(range(1, len(events)))
+        assert delta_text(events) == reply["content"]
+        assert events[-2].data == done
     # The thread takes the next run.
     again = api.post(runs_path(thread), {"input": "next"}, format="json")
     assert again.status_code == 201

@@ -185,3 +185,21 @@ def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
     assert queued_run.error_code == "RUN_EXPIRED"
     assert queued_run.output_message is None
     assert runs.runs_expire_stale(now=now + timedelta(seconds=600)) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_worker_expires_stale_runs_periodically(api, thread, settings):
+    with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
+        wait_until(lambda: "Worker:" in worker.output(), timeout=30, what="the worker to start")
+        # Left behind after the worker's start-up sweep, by a process that died.
+        stale = abandoned_run(thread, settings)
+        text = stored_text(stale.pk)
+        age(stale, 3600)
+
+        def expired():
+            return fetch_row(Run, stale.pk)["status"] == "expired"
+
+        wait_until(expired, timeout=30, interval=0.2, what="the worker's periodic sweep")
+
+    settings.RUN_TIMEOUT_SECONDS = TIMEOUT
+    assert_expired_keeping(api, thread, stale.pk, text)

@@ -244,3 +244,27 @@ def test_client_that_goes_away_leaves_a_run_that_completes(live_server, owner, t
     # Its stored events are whole: the client can come back and read them all.
     stored = [event.event for event in runs.run_events_after(run_id=run_id, seq=0)]
     assert stored[-2:] == ["message.completed", "run.completed"]
+
+
+def test_stream_that_cannot_start_is_a_json_error(live_server, owner, thread, stranger):
+    api = client_for(owner)
+    active = api.post(runs_path(thread), {"input": "first", "background": True}, format="json")
+    assert active.status_code == 202
+    active_id = active.json()["data"]["id"]
+    cases = [
+        (owner, {"input": "second", "stream": True}, 409, "RUN_IN_PROGRESS"),
+        (owner, {"input": "", "stream": True}, 400, "VALIDATION_ERROR"),
+        (stranger, {"input": "not yours", "stream": True}, 404, "NOT_FOUND"),
+    ]
+
+    for user, body, status, code in cases:
+        with start_stream(live_server, user, thread, body) as s:
+            assert s.status == status, body
+            assert s.content_type.startswith("application/json")
+            error = s.json()["error"]
+        assert error["code"] == code
+        if status == 409:
+            assert error["details"]["active_run_id"] == active_id
+
+    assert Run.objects.count() == 1
+    assert Message.objects.count() == 1
