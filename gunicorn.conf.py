@@ -20,3 +20,14 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+
+
+def when_ready(server) -> None:
+    # Server-sent events are many small writes: without TCP_NODELAY, Nagle's
+    # algorithm holds each one back until the client acknowledges the last.
+    # Accepted sockets inherit the option from the listening socket.
+    import socket
+
+    for listener in server.LISTENERS:
+        if listener.sock.family in (socket.AF_INET, socket.AF_INET6):
+            listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -266,7 +266,7 @@ LLM_CONTEXT_MAX_CHARS = env_int("LLM_CONTEXT_MAX_CHARS", 48000)
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "") or None
 ECHO_DELAY_MS = env_int("ECHO_DELAY_MS", 0)
-STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 100)
+STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 200)
 SSE_PING_SECONDS = env_int("SSE_PING_SECONDS", 15)
 SSE_POLL_MS = env_int("SSE_POLL_MS", 250)
 
@@ -279,7 +279,7 @@ TASKS = {
         "BACKEND": os.environ.get("TASKS_BACKEND", "huey.contrib.djhuey.tasks_backend.HueyBackend"),
     }
 }
-WORKER_THREADS = env_int("WORKER_THREADS", 64)
+WORKER_THREADS = env_int("WORKER_THREADS", 128)
 TASKS_QUEUE = os.environ.get("TASKS_QUEUE", "database")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TASKS_DATABASE_URL = os.environ.get("TASKS_DATABASE_URL", DATABASE_URL)

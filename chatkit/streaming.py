@@ -62,6 +62,8 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             events.put(_END)
 
     started = runs.run_events_after(run_id=run.pk, seq=0)
+    # The response may last as long as the reply: hold no connection meanwhile.
+    runs.release_connection()
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
     for event in started:
         yield encode(event)

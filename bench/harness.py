@@ -1,0 +1,172 @@
+"""Shared pieces of the benchmarks: start the production server and worker, call the API.
+
+The server is started the way the README's production section says
+(gunicorn with gunicorn.conf.py, `manage.py worker`), on the database in
+DATABASE_URL (PostgreSQL for published numbers).
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of the given processes and their children, in MiB."""
+    total_kb = 0
+    seen = set()
+    queue = list(pids)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            queue.extend(int(child) for child in children)
+    return total_kb / 1024
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of the given processes and their children."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    seen = set()
+    queue = list(pids)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            queue.extend(int(child) for child in children)
+    return total
+
+
+def server_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SECRET_KEY", "benchmark-only-" + secrets.token_hex(16))
+    env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatbot")
+    env.setdefault("ALLOWED_HOSTS", HOST)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running_stack(port: int, extra_env: dict[str, str], worker: bool) -> Iterator[list[int]]:
+    """gunicorn (and the worker) as in production; yields their pids."""
+    env = server_env(extra_env)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                str(VENV_BIN / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "--bind",
+                f"{HOST}:{port}",
+                "--access-logfile",
+                "/dev/null",
+                "chatbot_project.wsgi",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    if worker:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "manage.py", "worker"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _ = request(port, "GET", "/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def request(
+    port: int, method: str, path: str, body: dict | None = None, token: str | None = None
+) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, (json.loads(data) if data else {})
+
+
+def new_user(port: int) -> str:
+    """Register a throwaway user; return an access token."""
+    username = "bench-" + secrets.token_hex(6)
+    password = secrets.token_urlsafe(16)
+    request(port, "POST", "/api/v1/auth/register", {"username": username, "password": password})
+    _, body = request(
+        port, "POST", "/api/v1/auth/token", {"username": username, "password": password}
+    )
+    return body["data"]["access"]
+
+
+def new_threads(port: int, token: str, count: int) -> list[str]:
+    """``count`` threads (one active run per thread), as run URLs."""
+    urls = []
+    session_id = None
+    for index in range(count):
+        if index % 50 == 0:
+            _, body = request(port, "POST", "/api/v1/chatkit/sessions", {}, token)
+            session_id = body["data"]["id"]
+        _, body = request(port, "POST", f"/api/v1/chatkit/sessions/{session_id}/threads", {}, token)
+        urls.append(f"/api/v1/chatkit/sessions/{session_id}/threads/{body['data']['id']}/runs")
+    return urls
