@@ -15,11 +15,10 @@ Prints completed streams, errors, time to first delta (the provider's own is
 import argparse
 import http.client
 import json
+import os
 import statistics
 import threading
 import time
-
-import os
 
 from harness import HOST, cpu_seconds, new_threads, new_user, percentile, rss_mb, running_stack
 
@@ -122,7 +121,8 @@ def main() -> None:
             f"ideal {IDEAL_SECONDS:.2f} s; p99/ideal {p99 / IDEAL_SECONDS:.2f} (target <= 1.3)"
         )
     print(
-        f"wall time for all: {wall:.2f} s; CPU: server {server_cpu:.1f} s, client {client_cpu:.1f} s"
+        f"wall time for all: {wall:.2f} s; "
+        f"CPU: server {server_cpu:.1f} s, client {client_cpu:.1f} s"
     )
     print(f"server memory (RSS): before {memory_before:.0f} MiB, after {memory_after:.0f} MiB")
 
