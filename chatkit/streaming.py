@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
 DONE = b"event: done\ndata: [DONE]\n\n"
 _END = object()
+# How long a live stream waits on a silent provider before looking whether
+# the run was ended elsewhere.
+IDLE_CHECK_SECONDS = 1.0
 
 
 def encode(event: runs.Event) -> bytes:
@@ -67,14 +70,29 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
     for event in started:
         yield encode(event)
+    last_seq = started[-1].seq if started else 0
+    last_sent = time.monotonic()
     while True:
         try:
-            item = events.get(timeout=settings.SSE_PING_SECONDS)
+            item = events.get(timeout=IDLE_CHECK_SECONDS)
         except queue.Empty:
-            yield PING
+            # The provider is silent. Someone may have ended the run (cancel,
+            # reaper): then its end is in the database, and the executor
+            # only learns of it when the provider speaks again.
+            if not Run.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).exists():
+                ended = runs.run_events_after(run_id=run.pk, seq=last_seq)
+                runs.release_connection()
+                yield from (encode(event) for event in ended)
+                break
+            runs.release_connection()
+            if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
+                yield PING
+                last_sent = time.monotonic()
             continue
         if item is _END:
             break
+        last_seq = item.seq
+        last_sent = time.monotonic()
         yield encode(item)
     yield DONE
 
@@ -87,6 +105,17 @@ def follow_run_stream(*, run_id: Any, after: int) -> Iterator[bytes]:
     try:
         while True:
             events = runs.run_events_after(run_id=run_id, seq=cursor)
+            if (
+                not events
+                and not Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists()
+            ):
+                # It ended: read once more, as its last events may have been
+                # stored between the read above and the check.
+                events = runs.run_events_after(run_id=run_id, seq=cursor)
+                if not any(event.is_terminal for event in events):
+                    yield from (encode(event) for event in events)
+                    yield DONE
+                    return
             for event in events:
                 yield encode(event)
                 cursor = event.seq
@@ -95,10 +124,6 @@ def follow_run_stream(*, run_id: Any, after: int) -> Iterator[bytes]:
                     return
             if events:
                 last_sent = time.monotonic()
-            elif not Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists():
-                # Ended, and its terminal event was sent before ``after``.
-                yield DONE
-                return
             runs.release_connection()
             if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
                 yield PING
