@@ -8,6 +8,8 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
+from chatkit.throttling import AuthThrottle
+
 from .serializers import (
     LogoutSerializer,
     RegisterSerializer,
@@ -27,6 +29,7 @@ class RegisterView(generics.GenericAPIView):
     serializer_class = RegisterSerializer
     permission_classes = (permissions.AllowAny,)
     authentication_classes = ()
+    throttle_classes = (AuthThrottle,)
 
     @extend_schema(responses={201: UserSerializer})
     def post(self, request: Request) -> Response:
@@ -41,6 +44,8 @@ class RegisterView(generics.GenericAPIView):
 class TokenView(TokenObtainPairView):
     """Exchange a username and password for an access and a refresh token."""
 
+    throttle_classes = (AuthThrottle,)
+
     @extend_schema(responses={200: TokenPairSerializer})
     def post(self, request: Request, *args, **kwargs) -> Response:
         return super().post(request, *args, **kwargs)
@@ -48,6 +53,8 @@ class TokenView(TokenObtainPairView):
 
 class TokenRotateView(TokenRefreshView):
     """Exchange a refresh token for a new pair; the old refresh token stops working."""
+
+    throttle_classes = (AuthThrottle,)
 
     @extend_schema(responses={200: TokenPairSerializer})
     def post(self, request: Request, *args, **kwargs) -> Response:
@@ -60,6 +67,7 @@ class LogoutView(generics.GenericAPIView):
     serializer_class = LogoutSerializer
     permission_classes = (permissions.AllowAny,)
     authentication_classes = ()
+    throttle_classes = (AuthThrottle,)
 
     @extend_schema(
         responses={

@@ -171,6 +171,17 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# Cache (throttle counters): per-process memory unless CACHE_URL names Redis.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    }
+elif CACHE_URL in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured("CACHE_URL must be empty, locmem:// or a redis:// URL")
+
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 256 * 1024)
@@ -187,7 +198,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "chatkit.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_THROTTLE_CLASSES": [],
+    "DEFAULT_THROTTLE_CLASSES": ["chatkit.throttling.UserThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "auth": os.environ.get("THROTTLE_AUTH", "20/min") or None,
+        "runs": os.environ.get("THROTTLE_RUNS", "30/min") or None,
+        "user": os.environ.get("THROTTLE_USER", "600/min") or None,
+    },
+    # Client address for anonymous throttling: the last NUM_PROXIES entries of
+    # X-Forwarded-For are your proxies; 0 trusts REMOTE_ADDR only.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "chatkit.negotiation.JSONContentNegotiation",
 }
 

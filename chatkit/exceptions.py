@@ -24,6 +24,19 @@ logger = logging.getLogger("chatkit.errors")
 
 RETRY_AFTER_SECONDS = 5
 
+
+class IdempotencyKeyInUse(exceptions.APIException):
+    status_code = 409
+    default_detail = "A request with this Idempotency-Key is still being processed."
+    default_code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(exceptions.APIException):
+    status_code = 422
+    default_detail = "This Idempotency-Key was used for a different request."
+    default_code = "idempotency_key_reused"
+
+
 # (status, code, message used when the exception's own text is not a plain sentence)
 _API_EXCEPTIONS: list[tuple[type[exceptions.APIException], int, str, str]] = [
     (exceptions.ParseError, 400, "MALFORMED_REQUEST", "The request body is not valid JSON."),
@@ -51,6 +64,18 @@ _API_EXCEPTIONS: list[tuple[type[exceptions.APIException], int, str, str]] = [
         "The request body must be application/json.",
     ),
     (exceptions.Throttled, 429, "THROTTLED", "Too many requests."),
+    (
+        IdempotencyKeyInUse,
+        409,
+        "IDEMPOTENCY_KEY_IN_USE",
+        IdempotencyKeyInUse.default_detail,
+    ),
+    (
+        IdempotencyKeyReused,
+        422,
+        "IDEMPOTENCY_KEY_REUSED",
+        IdempotencyKeyReused.default_detail,
+    ),
 ]
 
 _DOMAIN_STATUS = {

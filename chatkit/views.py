@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from conversations import runs, services
 from conversations.models import Conversation, Message, Run, Thread
 
+from .idempotency import IdempotentPostMixin
 from .pagination import KeysetPagination
 from .providers import get_provider
 from .serializers import (
@@ -29,6 +30,7 @@ from .serializers import (
 )
 from .streaming import event_stream_response, follow_run_stream, live_run_stream
 from .tasks import enqueue_run
+from .throttling import RunCreateThrottle
 
 SESSION_ID_PARAMETER = OpenApiParameter(
     "session_id", str, OpenApiParameter.PATH, description="Session id (UUID)."
@@ -47,6 +49,7 @@ def _uuid_or_404(value: str) -> uuid.UUID:
 
 
 class ChatkitViewSet(
+    IdempotentPostMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -196,6 +199,7 @@ def _wants_stream(request: Request, options: dict) -> bool:
     retrieve=extend_schema(parameters=[*THREAD_PARAMETERS, ID_PARAMETER]),
 )
 class RunViewSet(
+    IdempotentPostMixin,
     OwnedThreadMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -211,6 +215,12 @@ class RunViewSet(
         return Run.objects.filter(thread=self.get_thread()).select_related(
             "thread", "input_message", "output_message"
         )
+
+    def get_throttles(self) -> list:
+        throttles = super().get_throttles()
+        if self.action == "create":
+            throttles.append(RunCreateThrottle())
+        return throttles
 
     @extend_schema(
         parameters=THREAD_PARAMETERS,
@@ -240,7 +250,9 @@ class RunViewSet(
             return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
         run = runs.run_start(**start)
         if _wants_stream(request, options):
-            return event_stream_response(live_run_stream(run=run, provider=provider))
+            response = event_stream_response(live_run_stream(run=run, provider=provider))
+            response.run_id = run.pk  # what an Idempotency-Key replay streams again
+            return response
         events = list(runs.run_execute(run=run, provider=provider, stream=False))
         return Response(events[-1].data, status=status.HTTP_201_CREATED)
 

@@ -9,17 +9,19 @@ from django.db import connection
 
 from conversations.runs import runs_expire_stale
 
+from ...idempotency import purge_expired_keys
 from ...tasks import prepare_task_queue, prune_task_results
 
 logger = logging.getLogger(__name__)
 
 
 def maintain_forever(interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds until ``stop``: expire stale runs, prune task records."""
+    """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records."""
     while not stop.wait(interval):
         try:
             runs_expire_stale()
             prune_task_results()
+            purge_expired_keys()
         except Exception:
             # The database may be briefly away; the next round tries again.
             logger.exception("Worker maintenance failed")
