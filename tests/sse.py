@@ -271,6 +271,24 @@ class Worker:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for(
+        self, condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
+    ) -> Any:
+        """``wait_until``, with what the worker printed in the failure message."""
+        try:
+            return wait_until(condition, timeout=timeout, interval=interval, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nworker output:\n{self.output()}") from None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the worker has swept stale runs and is about to take tasks."""
+        self.wait_for(
+            lambda: "Worker:" in self.output() or self.process.poll() is not None,
+            timeout=timeout,
+            what="the worker to start",
+        )
+        assert self.process.poll() is None, self.output()
+
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind, as a crash or an OOM kill."""
         if self.process.poll() is None:

@@ -20,7 +20,6 @@ from tests.sse import (
     delta_text,
     runs_path,
     streamed_events,
-    wait_until,
     worker_process,
 )
 
@@ -43,16 +42,12 @@ def start_queued(thread, text: str = "in the background", on_commit=None) -> Run
     )
 
 
-def wait_for_end(run_id, timeout: float = 30.0, worker=None) -> dict:
+def wait_for_end(run_id, worker, timeout: float = 30.0) -> dict:
     def ended():
         row = fetch_row(Run, run_id)
         return row if row["status"] not in ACTIVE else None
 
-    try:
-        return wait_until(ended, timeout=timeout, what=f"run {run_id} to end")
-    except AssertionError as exc:
-        log = worker.output() if worker is not None else ""
-        raise AssertionError(f"{exc}\nworker output:\n{log}") from None
+    return worker.wait_for(ended, timeout=timeout, what=f"run {run_id} to end")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -74,7 +69,7 @@ def test_background_run_is_queued_then_carried_out_by_a_worker(live_server, owne
         follower.read_until(lambda event: event.event == "message.created")
         with worker_process(ECHO_DELAY_MS="30") as worker:
             followed = follower.read_all()
-            row = wait_for_end(queued["id"], worker=worker)
+            row = wait_for_end(queued["id"], worker)
             log = worker.output()
 
     assert "Traceback" not in log, log

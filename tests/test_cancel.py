@@ -193,11 +193,11 @@ def test_cancel_a_run_in_a_worker_stops_the_worker(api, thread):
         def streaming():
             return fetch_rows(RunEvent, run=queued["id"], event="message.delta")
 
-        wait_until(streaming, timeout=30, what="the worker to stream")
+        worker.wait_for(streaming, timeout=30, what="the worker to stream")
         response = api.post(cancel_url(thread, queued["id"]))
         assert response.status_code == 200, response.json()
         # The worker drops the provider at its next batch of pieces.
-        wait_until(
+        worker.wait_for(
             lambda: "was ended elsewhere" in worker.output(),
             timeout=20,
             what="the worker to notice the cancel",

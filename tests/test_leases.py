@@ -46,11 +46,16 @@ def stored_text(run_id) -> str:
 
 def kill_worker_mid_run(api, thread) -> tuple[str, str]:
     """A background run that a worker is streaming when it gets SIGKILL: (run id, text so far)."""
-    response = api.post(runs_path(thread), {"input": LONG_INPUT, "background": True}, format="json")
-    assert response.status_code == 202
-    run_id = response.json()["data"]["id"]
     with worker_process(ECHO_DELAY_MS="100", RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
-        wait_until(
+        # Ready first: with a lease this short, a run left queued while a slow
+        # machine starts the worker would rightly be expired before it starts.
+        worker.wait_ready()
+        response = api.post(
+            runs_path(thread), {"input": LONG_INPUT, "background": True}, format="json"
+        )
+        assert response.status_code == 202
+        run_id = response.json()["data"]["id"]
+        worker.wait_for(
             lambda: len(fetch_rows(RunEvent, run=run_id, event="message.delta")) >= 2,
             timeout=30,
             what="the worker to stream",
@@ -111,7 +116,7 @@ def test_next_worker_expires_the_run_of_a_killed_one(api, thread, short_lease):
 
     wait_until(lease_ran_out, timeout=20, what="the lease to run out")
     with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
-        wait_until(
+        worker.wait_for(
             lambda: fetch_row(Run, run_id)["status"] != "in_progress",
             timeout=30,
             what="the new worker to expire the run",
@@ -190,7 +195,7 @@ def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
 @pytest.mark.django_db(transaction=True)
 def test_running_worker_expires_stale_runs_periodically(api, thread, settings):
     with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
-        wait_until(lambda: "Worker:" in worker.output(), timeout=30, what="the worker to start")
+        worker.wait_ready()
         # Left behind after the worker's start-up sweep, by a process that died.
         stale = abandoned_run(thread, settings)
         text = stored_text(stale.pk)
@@ -199,7 +204,7 @@ def test_running_worker_expires_stale_runs_periodically(api, thread, settings):
         def expired():
             return fetch_row(Run, stale.pk)["status"] == "expired"
 
-        wait_until(expired, timeout=30, interval=0.2, what="the worker's periodic sweep")
+        worker.wait_for(expired, timeout=30, interval=0.2, what="the worker's periodic sweep")
 
     settings.RUN_TIMEOUT_SECONDS = TIMEOUT
     assert_expired_keeping(api, thread, stale.pk, text)
