@@ -19,7 +19,14 @@ timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+if os.environ.get("LOG_FORMAT") == "json":
+    access_log_format = (
+        '{"time": "%(t)s", "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", '
+        '"status": %(s)s, "bytes": "%(b)s", "duration_ms": %(M)s, '
+        '"request_id": "%({x-request-id}o)s"}'
+    )
+else:
+    access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
 
 def when_ready(server) -> None:

@@ -148,6 +148,15 @@ elif _default_db["ENGINE"] == "django.db.backends.sqlite3":
     _db_file = Path(_default_db["NAME"])
     _default_db.setdefault("TEST", {"NAME": str(_db_file.with_name(f"test_{_db_file.name}"))})
 DATABASES = {"default": _default_db}
+# A read replica for list endpoints (off by default); see db_router.py.
+DATABASE_REPLICA_URL = os.environ.get("DATABASE_REPLICA_URL", "")
+if DATABASE_REPLICA_URL:
+    _replica = dj_database_url.parse(
+        DATABASE_REPLICA_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True
+    )
+    _replica.setdefault("TEST", {"MIRROR": "default"})
+    DATABASES["replica"] = _replica
+DATABASE_ROUTERS = ["chatbot_project.db_router.ReplicaRouter"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -262,6 +271,9 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -270,11 +282,12 @@ LOGGING = {
         "text": {
             "format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s",
         },
+        "json": {"()": "chatkit.logging.JSONFormatter"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "text",
+            "formatter": LOG_FORMAT,
             "filters": ["request_id"],
         },
     },

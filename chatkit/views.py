@@ -15,6 +15,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from chatbot_project.db_router import replica_reads
 from conversations import runs, services
 from conversations.models import Conversation, Message, Run, Thread
 
@@ -48,8 +49,25 @@ def _uuid_or_404(value: str) -> uuid.UUID:
         raise NotFound() from None
 
 
+class ReplicaListMixin:
+    """Lists read from the replica when one is configured (DATABASE_REPLICA_URL).
+
+    The parent session or thread is resolved on the primary first, so a list
+    right after creating its parent never 404s because of replica lag.
+    """
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        if hasattr(self, "get_thread"):
+            self.get_thread()
+        elif hasattr(self, "get_session"):
+            self.get_session()
+        with replica_reads():
+            return super().list(request, *args, **kwargs)
+
+
 class ChatkitViewSet(
     IdempotentPostMixin,
+    ReplicaListMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -157,7 +175,9 @@ RUN_ID_FILTER = OpenApiParameter(
 
 
 @extend_schema_view(list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER]))
-class MessageViewSet(OwnedThreadMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+class MessageViewSet(
+    OwnedThreadMixin, ReplicaListMixin, mixins.ListModelMixin, viewsets.GenericViewSet
+):
     """Messages of a thread, oldest first."""
 
     serializer_class = MessageSerializer
@@ -201,6 +221,7 @@ def _wants_stream(request: Request, options: dict) -> bool:
 class RunViewSet(
     IdempotentPostMixin,
     OwnedThreadMixin,
+    ReplicaListMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
