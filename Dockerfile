@@ -1,0 +1,22 @@
+# One image for the API and the worker:
+#   docker run -e SECRET_KEY=... -e DATABASE_URL=... -p 8000:8000 IMAGE
+#   docker run -e SECRET_KEY=... -e DATABASE_URL=... IMAGE python manage.py worker
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BIND=0.0.0.0:8000
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+# collectstatic needs settings, not a database or real secrets.
+RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
+    && useradd --system --home-dir /app chatbot \
+    && chown -R chatbot /app
+
+USER chatbot
+EXPOSE 8000
+HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn -c gunicorn.conf.py chatbot_project.wsgi"]
