@@ -26,11 +26,6 @@ from tests.sse import (
 ACTIVE = ("queued", "in_progress")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def thread(owner) -> Thread:
     return Thread.objects.create(conversation=Conversation.objects.create(user=owner))

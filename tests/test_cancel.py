@@ -33,11 +33,6 @@ pytest_plugins = ["tests.conftest_openai"]
 LONG_INPUT = " ".join(f"w{i}" for i in range(40))
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def thread(owner) -> Thread:
     return Thread.objects.create(conversation=Conversation.objects.create(user=owner))

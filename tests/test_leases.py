@@ -24,11 +24,6 @@ FULL_REPLY = f"Echo: {LONG_INPUT}"
 TIMEOUT = 2
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def thread(owner) -> Thread:
     return Thread.objects.create(conversation=Conversation.objects.create(user=owner))

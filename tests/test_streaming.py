@@ -25,11 +25,6 @@ SUCCESS_ORDER_HEAD = ["run.created", "message.created", "run.in_progress"]
 SUCCESS_ORDER_TAIL = ["message.completed", "run.completed", "done"]
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def thread(owner) -> Thread:
     return Thread.objects.create(conversation=Conversation.objects.create(user=owner))
@@ -268,3 +263,27 @@ def test_stream_that_cannot_start_is_a_json_error(live_server, owner, thread, st
 
     assert Run.objects.count() == 1
     assert Message.objects.count() == 1
+
+
+def test_stream_repeated_with_its_idempotency_key_replays_the_same_events(
+    live_server, owner, thread
+):
+    body = {"input": INPUT, "stream": True}
+    key = {"Idempotency-Key": "stream-once-7d1c"}
+
+    with start_stream(live_server, owner, thread, body, key) as first:
+        assert first.status == 200
+        assert first.response.getheader("Idempotent-Replayed") is None
+        original = first.read_all()
+    with start_stream(live_server, owner, thread, body, key) as again:
+        assert again.status == 200
+        assert again.content_type.startswith("text/event-stream")
+        assert again.response.getheader("Idempotent-Replayed") == "true"
+        replayed = again.read_all()
+
+    assert_well_formed(original)
+    assert [(e.id, e.event, e.data) for e in replayed] == [
+        (e.id, e.event, e.data) for e in original
+    ]
+    assert Run.objects.count() == 1
+    assert Message.objects.filter(role=MessageRole.ASSISTANT).count() == 1
