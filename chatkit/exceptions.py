@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.response import Response
 
@@ -180,8 +181,13 @@ def _view_name(context: dict[str, Any]) -> str:
     return type(view).__name__ if view is not None else "unknown view"
 
 
+@csrf_exempt
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-    """Unknown routes under /api/ answer in the envelope too, whatever DEBUG is."""
+    """Unknown routes under /api/ answer in the envelope too, whatever DEBUG is.
+
+    CSRF-exempt like the API's own views: otherwise a POST to an unknown route
+    got Django's HTML 403 page instead of the 404.
+    """
     return error_response(404, "NOT_FOUND", "Not found.")
 
 
