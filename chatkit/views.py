@@ -34,12 +34,14 @@ from .tasks import enqueue_run
 from .throttling import RunCreateThrottle
 
 SESSION_ID_PARAMETER = OpenApiParameter(
-    "session_id", str, OpenApiParameter.PATH, description="Session id (UUID)."
+    "session_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Session id (UUID)."
 )
 THREAD_ID_PARAMETER = OpenApiParameter(
-    "thread_id", str, OpenApiParameter.PATH, description="Thread id (UUID)."
+    "thread_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Thread id (UUID)."
 )
-ID_PARAMETER = OpenApiParameter("id", str, OpenApiParameter.PATH, description="Id (UUID).")
+ID_PARAMETER = OpenApiParameter(
+    "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Id (UUID)."
+)
 
 
 def _uuid_or_404(value: str) -> uuid.UUID:
@@ -170,7 +172,10 @@ class ThreadViewSet(OwnedSessionMixin, ChatkitViewSet):
 
 THREAD_PARAMETERS = [SESSION_ID_PARAMETER, THREAD_ID_PARAMETER]
 RUN_ID_FILTER = OpenApiParameter(
-    "run_id", str, OpenApiParameter.QUERY, description="Only the messages of this run."
+    "run_id",
+    OpenApiTypes.UUID,
+    OpenApiParameter.QUERY,
+    description="Only the messages of this run.",
 )
 
 
@@ -195,11 +200,18 @@ class MessageViewSet(
         return queryset
 
 
+EVENT_ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 999_999_999}
 LAST_EVENT_ID_PARAMETER = OpenApiParameter(
     "Last-Event-ID",
-    int,
+    EVENT_ID_SCHEMA,
     OpenApiParameter.HEADER,
     description="Resume after this event id (also accepted as ?last_event_id=).",
+)
+LAST_EVENT_ID_QUERY = OpenApiParameter(
+    "last_event_id",
+    EVENT_ID_SCHEMA,
+    OpenApiParameter.QUERY,
+    description="The Last-Event-ID header, for clients that cannot set it; the header wins.",
 )
 EVENT_STREAM_RESPONSE = OpenApiResponse(
     response=OpenApiTypes.STR,
@@ -291,7 +303,7 @@ class RunViewSet(
         return Response(RunSerializer(run).data)
 
     @extend_schema(
-        parameters=[*THREAD_PARAMETERS, ID_PARAMETER, LAST_EVENT_ID_PARAMETER],
+        parameters=[*THREAD_PARAMETERS, ID_PARAMETER, LAST_EVENT_ID_PARAMETER, LAST_EVENT_ID_QUERY],
         responses={(200, "text/event-stream"): EVENT_STREAM_RESPONSE},
     )
     @action(detail=True, methods=["get"])
