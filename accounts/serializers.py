@@ -72,8 +72,10 @@ class TokenRefreshSerializer(StrictInputMixin, serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         refresh = RefreshToken(attrs["refresh"])
-        user_id = refresh.payload.get(jwt_settings.USER_ID_CLAIM)
-        user = User.objects.filter(pk=user_id).first() if user_id else None
+        try:
+            user = User.objects.filter(pk=refresh.payload.get(jwt_settings.USER_ID_CLAIM)).first()
+        except (DjangoValidationError, ValueError, TypeError):
+            user = None  # a sub that is no UUID names nobody
         if user is None or not jwt_settings.USER_AUTHENTICATION_RULE(user):
             raise exceptions.AuthenticationFailed("No active account found for the given token.")
         revoke_refresh_token(refresh)

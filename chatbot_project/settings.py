@@ -72,7 +72,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "chatkit.middleware.RequestIDMiddleware",
-    "chatkit.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -81,6 +80,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so its 413 still gets every header the middleware above adds; it
+    # still runs before any view reads the body.
+    "chatkit.middleware.BodySizeLimitMiddleware",
 ]
 
 ROOT_URLCONF = "chatbot_project.urls"
@@ -193,6 +195,9 @@ elif CACHE_URL in ("", "locmem://"):
 else:
     raise ImproperlyConfigured("CACHE_URL must be empty, locmem:// or a redis:// URL")
 
+# Bare comparison views for bench/load.py only (see chatbot_project/bench_views.py).
+BENCH_BARE_VIEWS = env_bool("BENCH_BARE_VIEWS", False)
+
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 256 * 1024)
@@ -201,7 +206,7 @@ REGISTRATION_OPEN = env_bool("REGISTRATION_OPEN", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.authentication.JWTAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["chatkit.parsers.StrictJSONParser"],
@@ -246,6 +251,9 @@ SPECTACULAR_SETTINGS = {
         '`{"success": true, "data": ...}` or `{"success": false, "error": {...}}`.'
     ),
     "VERSION": "1.0.0",
+    # 3.1: full JSON Schema, so the document can describe metadata keys and each
+    # server-sent event's JSON data.
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [

@@ -88,7 +88,9 @@ class KeysetPagination(BasePagination):
         limit = DEFAULT_LIMIT
         raw_limit = query.get("limit")
         if raw_limit is not None:
-            if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+            # Length first: int() of thousands of digits raises, and costs.
+            valid = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+            if valid and 1 <= int(raw_limit) <= MAX_LIMIT:
                 limit = int(raw_limit)
             else:
                 errors["limit"] = [f"Must be an integer from 1 to {MAX_LIMIT}."]

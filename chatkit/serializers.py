@@ -1,6 +1,11 @@
 from rest_framework import serializers
 
-from conversations.documents import message_document, run_document
+from conversations.documents import (
+    message_document,
+    run_document,
+    session_document,
+    thread_document,
+)
 from conversations.models import (
     INSTRUCTIONS_MAX_LENGTH,
     RUN_INPUT_MAX_LENGTH,
@@ -14,36 +19,42 @@ from conversations.models import (
 from .fields import MetadataField, StrictInputMixin
 
 
-class SessionSerializer(StrictInputMixin, serializers.ModelSerializer):
-    """A chat session (the ``Conversation`` model)."""
+class SessionSerializer(StrictInputMixin, serializers.Serializer):
+    """A chat session (the ``Conversation`` model).
 
+    A plain Serializer with explicit fields: ModelSerializer would rebuild its
+    fields from the model on every request. Rendered by ``session_document``.
+    """
+
+    id = serializers.UUIDField(read_only=True)
     user_id = serializers.UUIDField(read_only=True)
     title = serializers.CharField(max_length=TITLE_MAX_LENGTH, required=False)
+    metadata = MetadataField()
     instructions = serializers.CharField(
         max_length=INSTRUCTIONS_MAX_LENGTH,
         required=False,
         allow_blank=True,
         trim_whitespace=False,
     )
-    metadata = MetadataField()
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
 
-    class Meta:
-        model = Conversation
-        fields = ("id", "user_id", "title", "metadata", "instructions", "created_at", "updated_at")
-        read_only_fields = ("id", "user_id", "created_at", "updated_at")
+    def to_representation(self, instance: Conversation) -> dict:
+        return session_document(instance)
 
 
-class ThreadSerializer(StrictInputMixin, serializers.ModelSerializer):
-    """A thread inside a session."""
+class ThreadSerializer(StrictInputMixin, serializers.Serializer):
+    """A thread inside a session, rendered by ``thread_document``."""
 
-    session_id = serializers.UUIDField(source="conversation_id", read_only=True)
+    id = serializers.UUIDField(read_only=True)
+    session_id = serializers.UUIDField(read_only=True)
     title = serializers.CharField(max_length=TITLE_MAX_LENGTH, required=False)
     metadata = MetadataField()
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
 
-    class Meta:
-        model = Thread
-        fields = ("id", "session_id", "title", "metadata", "created_at", "updated_at")
-        read_only_fields = ("id", "session_id", "created_at", "updated_at")
+    def to_representation(self, instance: Thread) -> dict:
+        return thread_document(instance)
 
 
 class MessageSerializer(serializers.ModelSerializer):

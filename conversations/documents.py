@@ -1,4 +1,4 @@
-"""The JSON shape of messages and runs, shared by the API and stored events.
+"""The JSON shape of sessions, threads, messages and runs, for the API and stored events.
 
 Events keep a snapshot of the run or message as it was when they happened,
 so the domain renders them; the API's serializers render through the same
@@ -8,7 +8,7 @@ functions, so a replayed event and a GET never disagree.
 from datetime import datetime
 from typing import Any
 
-from .models import Message, Run
+from .models import Conversation, Message, Run, Thread
 
 
 def iso(value: datetime | None) -> str | None:
@@ -16,6 +16,29 @@ def iso(value: datetime | None) -> str | None:
         return None
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def session_document(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "user_id": str(conversation.user_id),
+        "title": conversation.title,
+        "metadata": conversation.metadata,
+        "instructions": conversation.instructions,
+        "created_at": iso(conversation.created_at),
+        "updated_at": iso(conversation.updated_at),
+    }
+
+
+def thread_document(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": str(thread.id),
+        "session_id": str(thread.conversation_id),
+        "title": thread.title,
+        "metadata": thread.metadata,
+        "created_at": iso(thread.created_at),
+        "updated_at": iso(thread.updated_at),
+    }
 
 
 def message_document(message: Message) -> dict[str, Any]:

@@ -47,7 +47,9 @@ class Command(BaseCommand):
             if not batch:
                 break
             with transaction.atomic(durable=True):
-                deleted += Conversation.objects.filter(id__in=batch).delete()[1].get(
-                    Conversation._meta.label, 0
+                deleted += (
+                    Conversation.objects.filter(id__in=batch)
+                    .delete()[1]
+                    .get(Conversation._meta.label, 0)
                 )
         self.stdout.write(f"Deleted {deleted} session(s) updated before {cutoff}.")
