@@ -1,0 +1,349 @@
+"""Database faults on a real PostgreSQL server: killed connections and an outage.
+
+Every backend connected to the test database is terminated from a separate
+superuser connection: the next requests succeed (the pool's health check
+replaces dead connections), and nothing is ever a 500. Then the server is
+stopped: the API answers 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After``,
+``/readyz`` is 503 and ``/healthz`` 200; once it is started again the same
+requests succeed without restarting anything.
+
+These tests stop the PostgreSQL cluster for a few seconds, which disturbs
+anything else using it: deselect them with ``-m "not db_faults"``. The
+fixture starts the cluster again whatever happens. PostgreSQL only.
+"""
+
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from conversations.models import Conversation, Message, Run, Thread
+from tests.db import count_rows, fetch_row, fetch_rows
+from tests.openai_server import Reply
+from tests.sse import SSEStream, bearer, wait_until
+
+pytest_plugins = ["tests.conftest_openai"]
+
+MARKER = "db_faults"
+
+
+def _register_marker() -> None:
+    # pytest.ini runs with --strict-markers and does not list this marker (it
+    # belongs in its `markers`); register it before it is used below.
+    config = getattr(pytest.mark, "_config", None)
+    if config is not None and MARKER not in {
+        line.split(":")[0].strip() for line in config.getini("markers")
+    }:
+        config.addinivalue_line(
+            "markers", f"{MARKER}: kills database connections and stops PostgreSQL"
+        )
+
+
+_register_marker()
+
+_ENGINE = settings.DATABASES["default"]["ENGINE"]
+_HOST = settings.DATABASES["default"].get("HOST") or "127.0.0.1"
+_PORT = str(settings.DATABASES["default"].get("PORT") or 5432)
+_CLUSTERS = sorted(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else []
+
+pytestmark = [
+    getattr(pytest.mark, MARKER),
+    pytest.mark.skipif(
+        _ENGINE != "django.db.backends.postgresql",
+        reason="database faults need PostgreSQL (pg_terminate_backend, a server to stop); "
+        "SQLite has no server and no connections to kill",
+    ),
+    pytest.mark.django_db(transaction=True),
+]
+
+SESSIONS = "/api/v1/chatkit/sessions"
+READY_TIMEOUT = 60.0
+
+
+# The server ----------------------------------------------------------------
+
+
+def _superuser_connection() -> psycopg.Connection:
+    db = connection.settings_dict
+    return psycopg.connect(
+        dbname="postgres",
+        user=db["USER"] or "postgres",
+        password=db["PASSWORD"] or None,
+        host=db["HOST"] or None,
+        port=db["PORT"] or None,
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def terminate_backends_on_test_database() -> int:
+    """``pg_terminate_backend`` every other connection to the test database; how many."""
+    with _superuser_connection() as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [connection.settings_dict["NAME"]],
+        ).fetchone()
+    return row[0]
+
+
+def backends_on_test_database() -> int:
+    with _superuser_connection() as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+            [connection.settings_dict["NAME"]],
+        ).fetchone()
+    return row[0]
+
+
+def pg_is_ready() -> bool:
+    result = subprocess.run(
+        ["pg_isready", "-h", _HOST, "-p", _PORT, "-t", "2"],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+class Cluster:
+    """``pg_ctlcluster`` for the local cluster; ``start()`` waits until it accepts connections."""
+
+    def __init__(self) -> None:
+        self.version = _CLUSTERS[-1]
+
+    def _ctl(self, action: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, "main", action, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        result = self._ctl("stop", "-m", "fast")
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_until(lambda: not pg_is_ready(), timeout=30, what="PostgreSQL to stop")
+
+    def start(self) -> None:
+        if not pg_is_ready():
+            result = self._ctl("start")
+            # "already running" is fine: readiness below is what counts.
+            if result.returncode != 0 and "already running" not in result.stderr:
+                raise AssertionError(result.stdout + result.stderr)
+        wait_until(pg_is_ready, timeout=READY_TIMEOUT, interval=0.1, what="PostgreSQL to start")
+
+
+class PoolWait:
+    """How long a request waits for a pooled connection (DB_CONNECT_TIMEOUT_SECONDS x 2).
+
+    ``short()`` makes it a second during the outage, so that the server stays
+    down for seconds, not for the default wait of every request; ``normal()``
+    puts the configured wait back before the server's return is tested.
+    """
+
+    SHORT = 1.0
+
+    def __init__(self) -> None:
+        # None with DB_POOL=0: then a refused connection fails at once anyway.
+        self.pool = connection.pool
+        self.configured = self.pool.timeout if self.pool is not None else None
+
+    def short(self) -> None:
+        if self.pool is not None:
+            self.pool.timeout = self.SHORT
+
+    def normal(self) -> None:
+        if self.pool is not None:
+            self.pool.timeout = self.configured
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """The local PostgreSQL cluster, running again after the test whatever happened."""
+    if not _CLUSTERS or shutil.which("pg_ctlcluster") is None:
+        pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
+    if _HOST not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip(f"the test database is not on this machine ({_HOST})")
+    control = Cluster()
+    assert pg_is_ready(), "PostgreSQL must be running before the test"
+    try:
+        yield control
+    finally:
+        control.start()
+
+
+@pytest.fixture
+def pool_wait() -> Iterator[PoolWait]:
+    control = PoolWait()
+    try:
+        yield control
+    finally:
+        control.normal()
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_kept_by_the_test() -> Iterator[None]:
+    """The test's own thread holds no connection that a kill would leave dead."""
+    connection.close()
+    yield
+    connection.close()
+
+
+@pytest.fixture
+def http(live_server, owner) -> Iterator[httpx.Client]:
+    """Real HTTP to the live server: each request closes its connection, as in production."""
+    with httpx.Client(
+        base_url=live_server.url, headers=bearer(owner), timeout=30, trust_env=False
+    ) as client:
+        yield client
+
+
+# Helpers -------------------------------------------------------------------
+
+
+def assert_no_500(responses: list) -> None:
+    """Nothing but the outage's own 503s is a server error."""
+    failures = [
+        (r.status_code, r.content[:200])
+        for r in responses
+        if r.status_code >= 500 and r.status_code != 503
+    ]
+    assert not failures, failures
+
+
+def assert_unavailable(response) -> None:
+    assert response.status_code == 503, response.content
+    assert response.headers["Content-Type"].startswith("application/json")
+    retry_after = response.headers["Retry-After"]
+    assert retry_after.isdigit(), retry_after
+    assert int(retry_after) > 0
+    body = response.json()
+    assert body["success"] is False
+    assert body["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+    text = response.text.lower()
+    for leak in ("psycopg", "connection refused", "5432", "traceback", "pool", "server"):
+        assert leak not in text, leak
+
+
+# Killed connections ------------------------------------------------------
+
+
+def test_requests_succeed_after_every_backend_is_terminated(http, owner):
+    seen = []
+    session = http.post(SESSIONS, json={"title": "Before"})
+    seen.append(session)
+    seen.append(http.get(SESSIONS))
+    assert [r.status_code for r in seen] == [201, 200]
+    session_id = session.json()["data"]["id"]
+
+    for round_ in range(3):
+        assert terminate_backends_on_test_database() >= 1, "the pool keeps connections open"
+
+        listed = http.get(SESSIONS)
+        seen.append(listed)
+        assert listed.status_code == 200, listed.content
+        created = http.post(SESSIONS, json={"title": f"After {round_}"})
+        seen.append(created)
+        assert created.status_code == 201, created.content
+        patched = http.patch(f"{SESSIONS}/{session_id}", json={"title": f"P{round_}"})
+        seen.append(patched)
+        assert patched.status_code == 200, patched.content
+        ready = http.get("/readyz")
+        seen.append(ready)
+        assert ready.status_code == 200, ready.content
+
+    assert_no_500(seen)
+    assert count_rows(Conversation, user=owner.pk) == 4
+    assert fetch_row(Conversation, session_id)["title"] == "P2"
+
+
+def test_a_run_survives_its_connections_being_terminated_while_the_provider_talks(
+    live_server, owner, openai_settings
+):
+    gate = threading.Event()
+    reply = "Still stored after the kill."
+    openai_settings.default = Reply(text=reply, chunks=3, gate=gate)
+    thread = Thread.objects.create(conversation=Conversation.objects.create(user=owner))
+    connection.close()
+    path = f"{SESSIONS}/{thread.conversation_id}/threads/{thread.pk}/runs"
+
+    with SSEStream(
+        live_server.url + path, method="POST", headers=bearer(owner), body={"input": "hello"}
+    ) as stream:
+        assert stream.status == 200
+        try:
+            stream.read_until(lambda e: e.event == "run.in_progress", deadline=10)
+            assert openai_settings.wait_for_requests(1, timeout=10)
+            assert terminate_backends_on_test_database() >= 1
+        finally:
+            gate.set()
+        events = stream.read_all(deadline=20)
+
+    names = [e.event for e in events]
+    assert names[-3:] == ["message.completed", "run.completed", "done"], names
+    run_id = events[0].data["id"]
+    assert fetch_row(Run, run_id)["status"] == "completed"
+    assert count_rows(Message, thread=thread.pk, content=reply) == 1
+
+
+def test_terminating_backends_with_nothing_open_is_harmless(http):
+    terminate_backends_on_test_database()
+    terminate_backends_on_test_database()
+
+    responses = [http.get(SESSIONS) for _ in range(3)]
+
+    assert [r.status_code for r in responses] == [200, 200, 200]
+
+
+# The server stopped ----------------------------------------------------------
+
+
+def test_outage_is_503_then_the_same_requests_succeed_once_the_server_is_back(
+    http, owner, cluster, pool_wait
+):
+    seen = []
+    assert http.get(SESSIONS).status_code == 200
+    assert backends_on_test_database() >= 1
+
+    pool_wait.short()
+    cluster.stop()
+    try:
+        listed = http.get(SESSIONS)
+        created = http.post(SESSIONS, json={"title": "During the outage"})
+        ready = http.get("/readyz")
+        healthy = http.get("/healthz")
+    finally:
+        cluster.start()
+        pool_wait.normal()
+    seen.extend([listed, created, ready, healthy])
+
+    assert_unavailable(listed)
+    assert_unavailable(created)
+    assert ready.status_code == 503, ready.content
+    assert ready.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert int(ready.headers["Retry-After"]) > 0
+    assert healthy.status_code == 200, healthy.content
+    assert healthy.json() == {"success": True, "data": {"status": "ok"}}
+
+    # Back: the same requests succeed, in this same process, with no restart.
+    after_listed = http.get(SESSIONS)
+    after_created = http.post(SESSIONS, json={"title": "After the outage"})
+    after_ready = http.get("/readyz")
+    seen.extend([after_listed, after_created, after_ready])
+    assert after_listed.status_code == 200, after_listed.content
+    assert after_created.status_code == 201, after_created.content
+    assert after_ready.status_code == 200, after_ready.content
+    assert_no_500(seen)
+    rows = fetch_rows(Conversation, user=owner.pk)
+    assert [row["title"] for row in rows] == ["After the outage"]
