@@ -8,6 +8,7 @@ normally, before ``first_id`` when paging with ``before`` alone.
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -28,11 +29,15 @@ class PageParams:
     before: Any
 
 
-def _beyond(cursor: dict[str, Any], descending: bool) -> Q:
-    """Rows that come after ``cursor`` in the chosen order."""
+def _beyond(cursor_time: datetime, cursor_id: uuid.UUID, descending: bool) -> Q:
+    """Rows that come after the cursor item in the chosen order.
+
+    The first term bounds an index range scan on (created_at, id); the
+    second drops the ties up to and including the cursor itself.
+    """
     op = "lt" if descending else "gt"
-    return Q(**{f"created_at__{op}": cursor["created_at"]}) | Q(
-        created_at=cursor["created_at"], **{f"id__{op}": cursor["id"]}
+    return Q(**{f"created_at__{op}e": cursor_time}) & (
+        Q(**{f"created_at__{op}": cursor_time}) | Q(**{f"id__{op}": cursor_id})
     )
 
 
@@ -45,22 +50,21 @@ class KeysetPagination(BasePagination):
         ordering = ("-created_at", "-id") if descending else ("created_at", "id")
         backwards = ("created_at", "id") if descending else ("-created_at", "-id")
 
+        page_query = queryset
         if params.after is not None:
-            queryset = queryset.filter(
-                _beyond(self._cursor(queryset, params.after, "after"), descending)
-            )
+            cursor = self._cursor(queryset, params.after, "after")
+            page_query = page_query.filter(_beyond(*cursor, descending))
         if params.before is not None:
-            queryset = queryset.filter(
-                _beyond(self._cursor(queryset, params.before, "before"), not descending)
-            )
+            cursor = self._cursor(queryset, params.before, "before")
+            page_query = page_query.filter(_beyond(*cursor, not descending))
 
         if params.before is not None and params.after is None:
             # Walk backwards from the cursor, then restore the chosen order.
-            rows = list(queryset.order_by(*backwards)[: params.limit + 1])
+            rows = list(page_query.order_by(*backwards)[: params.limit + 1])
             self.has_more = len(rows) > params.limit
             self.page = rows[: params.limit][::-1]
         else:
-            rows = list(queryset.order_by(*ordering)[: params.limit + 1])
+            rows = list(page_query.order_by(*ordering)[: params.limit + 1])
             self.has_more = len(rows) > params.limit
             self.page = rows[: params.limit]
         return self.page
@@ -109,16 +113,17 @@ class KeysetPagination(BasePagination):
         )
 
     @staticmethod
-    def _cursor(queryset: QuerySet, raw: str, name: str) -> dict[str, Any]:
+    def _cursor(queryset: QuerySet, raw: str, name: str) -> tuple[datetime, uuid.UUID]:
+        """The cursor item's timestamp and id; 400 unless it is in this list."""
         try:
             cursor_id = uuid.UUID(raw)
         except ValueError:
-            cursor = None
+            found = []
         else:
-            cursor = queryset.filter(pk=cursor_id).values("created_at", "id").first()
-        if cursor is None:
+            found = list(queryset.filter(pk=cursor_id).values_list("created_at", flat=True)[:1])
+        if not found:
             raise ValidationError({name: ["No item with this id in the list."]})
-        return cursor
+        return found[0], cursor_id
 
     def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:
         default_order = getattr(view, "default_order", "desc")
