@@ -331,6 +331,10 @@ def _nullable_to_3_1(node: Any) -> None:
         _nullable_to_3_1(value)
 
 
+def _header_ref(name: str) -> dict:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
 def _error_response(description: str, status: str) -> dict:
     response: dict[str, Any] = {
         "description": description,
@@ -338,9 +342,9 @@ def _error_response(description: str, status: str) -> dict:
     }
     headers = {}
     if status in ("429", "503"):
-        headers["Retry-After"] = _HEADERS["Retry-After"]
+        headers["Retry-After"] = _header_ref("Retry-After")
     if status == "401":
-        headers["WWW-Authenticate"] = _HEADERS["WWW-Authenticate"]
+        headers["WWW-Authenticate"] = _header_ref("WWW-Authenticate")
     if headers:
         response["headers"] = headers
     return response
@@ -371,6 +375,7 @@ def envelope_postprocessing_hook(result: dict[str, Any], generator, request, pub
     components["Error"] = ERROR_SCHEMA
     components["Metadata"] = METADATA_SCHEMA
     components["RunEvent"] = RUN_EVENT_SCHEMA
+    result["components"].setdefault("headers", {}).update(_HEADERS)
     _strict_request_bodies(components, generator)
     _nullable_blank_email(components)
     idempotent_operations = _idempotent_operations(generator)
@@ -383,16 +388,14 @@ def envelope_postprocessing_hook(result: dict[str, Any], generator, request, pub
                 if status.startswith("2"):
                     _wrap_success(response, components)
             for status, description in _error_statuses(path, method, operation, idempotent).items():
-                declared = responses.get(status)
-                if declared is None or "content" not in declared:
-                    responses[status] = _error_response(
-                        (declared or {}).get("description") or description, status
-                    )
+                # Views may name an error with a description only; the list here is complete.
+                if "content" not in responses.get(status, {}):
+                    responses[status] = _error_response(description, status)
             for status, response in responses.items():
                 headers = response.setdefault("headers", {})
-                headers[REQUEST_ID_HEADER] = _HEADERS[REQUEST_ID_HEADER]
+                headers[REQUEST_ID_HEADER] = _header_ref(REQUEST_ID_HEADER)
                 if idempotent and status.startswith("2"):
-                    headers[REPLAYED_HEADER] = _HEADERS[REPLAYED_HEADER]
+                    headers[REPLAYED_HEADER] = _header_ref(REPLAYED_HEADER)
             if idempotent:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name") == IDEMPOTENCY_HEADER for p in parameters):
