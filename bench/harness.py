@@ -29,9 +29,8 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def rss_mb(pids: list[int]) -> float:
-    """Resident memory of the given processes and their children, in MiB."""
-    total_kb = 0
+def _process_tree(pids: list[int]) -> Iterator[int]:
+    """The given processes and all their descendants that still exist."""
     seen = set()
     queue = list(pids)
     while queue:
@@ -40,11 +39,20 @@ def rss_mb(pids: list[int]) -> float:
             continue
         seen.add(pid)
         with contextlib.suppress(FileNotFoundError):
+            queue.extend(
+                int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            )
+            yield pid
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of the given processes and their children, in MiB."""
+    total_kb = 0
+    for pid in _process_tree(pids):
+        with contextlib.suppress(FileNotFoundError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            queue.extend(int(child) for child in children)
     return total_kb / 1024
 
 
@@ -52,18 +60,10 @@ def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of the given processes and their children."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    seen = set()
-    queue = list(pids)
-    while queue:
-        pid = queue.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    for pid in _process_tree(pids):
         with contextlib.suppress(FileNotFoundError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            queue.extend(int(child) for child in children)
     return total
 
 
