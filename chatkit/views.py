@@ -105,12 +105,16 @@ class OwnedThreadMixin(OwnedSessionMixin):
 
     def get_thread(self) -> Thread:
         if not hasattr(self, "_thread"):
-            session = self.get_session()
+            # One query for both: the thread, joined to its session, which
+            # must be the URL's and the user's.
             self._thread = get_object_or_404(
-                Thread.objects.filter(conversation=session),
+                Thread.objects.select_related("conversation").filter(
+                    conversation__user=self.request.user,
+                    conversation_id=_uuid_or_404(self.kwargs["session_id"]),
+                ),
                 pk=_uuid_or_404(self.kwargs["thread_id"]),
             )
-            self._thread.conversation = session
+            self._session = self._thread.conversation
         return self._thread
 
 

@@ -36,17 +36,16 @@ def thread_with_runs(api, thread) -> Thread:
 
 def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
     # 1 SELECT user (token authentication)
-    # 2 SELECT session, among the user's own
-    # 3 SELECT thread, in that session
+    # 2 SELECT thread JOIN session, the user's own and the URL's
     # run_start, one transaction:
-    #   4 SAVEPOINT, 5 INSERT user message, 6 INSERT run events (run.created,
-    #   message.created, run.in_progress), 7 INSERT run, 8 RELEASE SAVEPOINT
-    # 9 SELECT newest messages (the provider's context)
+    #   3 SAVEPOINT, 4 INSERT user message, 5 INSERT run events (run.created,
+    #   message.created, run.in_progress), 6 INSERT run, 7 RELEASE SAVEPOINT
+    # 8 SELECT newest messages (the provider's context)
     # the reply and the final status, one transaction:
-    #   10 SAVEPOINT, 11 SELECT run FOR UPDATE (with its messages),
-    #   12 INSERT assistant message, 13 INSERT run events (message.delta,
-    #   message.completed, run.completed), 14 UPDATE run, 15 RELEASE SAVEPOINT
-    with django_assert_num_queries(15):
+    #   9 SAVEPOINT, 10 SELECT run FOR UPDATE (with its messages),
+    #   11 INSERT assistant message, 12 INSERT run events (message.delta,
+    #   message.completed, run.completed), 13 UPDATE run, 14 RELEASE SAVEPOINT
+    with django_assert_num_queries(14):
         response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
 
     assert response.status_code == 201
@@ -56,8 +55,8 @@ def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
 def test_first_run_of_a_new_chat_adds_only_the_rename(api, owner, django_assert_num_queries):
     thread = Thread.objects.create(conversation=Conversation.objects.create(user=owner))
 
-    # The 15 above, plus the session's UPDATE to its new title, in run_start's transaction.
-    with django_assert_num_queries(16):
+    # The 14 above, plus the session's UPDATE to its new title, in run_start's transaction.
+    with django_assert_num_queries(15):
         response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
 
     assert response.status_code == 201
@@ -69,8 +68,8 @@ def test_first_run_of_a_new_chat_adds_only_the_rename(api, owner, django_assert_
 def test_runs_list_queries_do_not_grow_with_the_page(
     api, thread_with_runs, django_assert_num_queries, limit
 ):
-    # user, session, thread, runs with both their messages (one JOIN)
-    with django_assert_num_queries(4):
+    # user, thread JOIN session, runs with both their messages (one JOIN)
+    with django_assert_num_queries(3):
         response = api.get(f"{thread_url(thread_with_runs)}/runs", {"limit": limit})
 
     assert response.status_code == 200
@@ -82,8 +81,8 @@ def test_runs_list_queries_do_not_grow_with_the_page(
 def test_runs_list_after_a_cursor_adds_one_query(api, thread_with_runs, django_assert_num_queries):
     first = api.get(f"{thread_url(thread_with_runs)}/runs", {"limit": 2}).json()
 
-    # user, session, thread, the cursor's position, the page
-    with django_assert_num_queries(5):
+    # user, thread JOIN session, the cursor's position, the page
+    with django_assert_num_queries(4):
         response = api.get(
             f"{thread_url(thread_with_runs)}/runs",
             {"limit": 3, "after": first["pagination"]["last_id"]},
@@ -96,8 +95,8 @@ def test_runs_list_after_a_cursor_adds_one_query(api, thread_with_runs, django_a
 def test_messages_list_queries_do_not_grow_with_the_page(
     api, thread_with_runs, django_assert_num_queries, limit
 ):
-    # user, session, thread, messages
-    with django_assert_num_queries(4):
+    # user, thread JOIN session, messages
+    with django_assert_num_queries(3):
         response = api.get(f"{thread_url(thread_with_runs)}/messages", {"limit": limit})
 
     assert response.status_code == 200
@@ -107,8 +106,8 @@ def test_messages_list_queries_do_not_grow_with_the_page(
 def test_messages_list_filtered_by_run_queries(api, thread_with_runs, django_assert_num_queries):
     run_id = api.get(f"{thread_url(thread_with_runs)}/runs").json()["data"][0]["id"]
 
-    # user, session, thread, messages of the run
-    with django_assert_num_queries(4):
+    # user, thread JOIN session, messages of the run
+    with django_assert_num_queries(3):
         response = api.get(f"{thread_url(thread_with_runs)}/messages", {"run_id": run_id})
 
     assert [m["role"] for m in response.json()["data"]] == ["user", "assistant"]
