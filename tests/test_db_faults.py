@@ -154,17 +154,24 @@ class PoolWait:
     SHORT = 1.0
 
     def __init__(self) -> None:
-        # None with DB_POOL=0: then a refused connection fails at once anyway.
-        self.pool = connection.pool
-        self.configured = self.pool.timeout if self.pool is not None else None
+        self.configured = None
+
+    @staticmethod
+    def _pool():
+        # Looked up each time: tests may replace the pool. None with DB_POOL=0,
+        # where a refused connection fails at once anyway.
+        return connection.pool
 
     def short(self) -> None:
-        if self.pool is not None:
-            self.pool.timeout = self.SHORT
+        pool = self._pool()
+        if pool is not None:
+            self.configured = pool.timeout
+            pool.timeout = self.SHORT
 
     def normal(self) -> None:
-        if self.pool is not None:
-            self.pool.timeout = self.configured
+        pool = self._pool()
+        if pool is not None and self.configured is not None:
+            pool.timeout = self.configured
 
 
 @pytest.fixture
@@ -210,6 +217,27 @@ def http(live_server, owner) -> Iterator[httpx.Client]:
 
 # Helpers -------------------------------------------------------------------
 
+GROWN_POOL = 8
+
+
+def fresh_pool() -> None:
+    """Start from a new pool (min_size idle connections), whatever earlier tests left."""
+    connection.close()
+    connection.close_pool()
+
+
+def grow_pool(size: int) -> None:
+    """Leave ``size`` idle connections in the pool, as concurrent requests would."""
+    fresh_pool()
+    pool = connection.pool
+    if pool is None:
+        pytest.skip("needs the connection pool (DB_POOL=1)")
+    pool.open()
+    taken = [pool.getconn() for _ in range(size)]
+    for conn in taken:
+        pool.putconn(conn)
+    wait_until(lambda: pool.get_stats().get("pool_available", 0) >= size, timeout=10)
+
 
 def assert_no_500(responses: list) -> None:
     """Nothing but the outage's own 503s is a server error."""
@@ -240,6 +268,7 @@ def assert_unavailable(response) -> None:
 
 
 def test_requests_succeed_after_every_backend_is_terminated(http, owner):
+    fresh_pool()
     seen = []
     session = http.post(SESSIONS, json={"title": "Before"})
     seen.append(session)
@@ -247,30 +276,33 @@ def test_requests_succeed_after_every_backend_is_terminated(http, owner):
     assert [r.status_code for r in seen] == [201, 200]
     session_id = session.json()["data"]["id"]
 
-    for round_ in range(3):
+    # Twice: reads first, then writes first.
+    for round_, order in enumerate([("list", "create", "patch"), ("create", "patch", "list")]):
         assert terminate_backends_on_test_database() >= 1, "the pool keeps connections open"
-
-        listed = http.get(SESSIONS)
-        seen.append(listed)
-        assert listed.status_code == 200, listed.content
-        created = http.post(SESSIONS, json={"title": f"After {round_}"})
-        seen.append(created)
-        assert created.status_code == 201, created.content
-        patched = http.patch(f"{SESSIONS}/{session_id}", json={"title": f"P{round_}"})
-        seen.append(patched)
-        assert patched.status_code == 200, patched.content
+        calls = {
+            "list": lambda: http.get(SESSIONS),
+            "create": lambda r=round_: http.post(SESSIONS, json={"title": f"After {r}"}),
+            "patch": lambda r=round_: http.patch(
+                f"{SESSIONS}/{session_id}", json={"title": f"P{r}"}
+            ),
+        }
+        for name in order:
+            response = calls[name]()
+            seen.append(response)
+            assert response.status_code in (200, 201), (round_, name, response.content)
         ready = http.get("/readyz")
         seen.append(ready)
         assert ready.status_code == 200, ready.content
 
     assert_no_500(seen)
-    assert count_rows(Conversation, user=owner.pk) == 4
-    assert fetch_row(Conversation, session_id)["title"] == "P2"
+    assert count_rows(Conversation, user=owner.pk) == 3
+    assert fetch_row(Conversation, session_id)["title"] == "P1"
 
 
 def test_a_run_survives_its_connections_being_terminated_while_the_provider_talks(
     live_server, owner, openai_settings
 ):
+    fresh_pool()
     gate = threading.Event()
     reply = "Still stored after the kill."
     openai_settings.default = Reply(text=reply, chunks=3, gate=gate)
@@ -297,13 +329,19 @@ def test_a_run_survives_its_connections_being_terminated_while_the_provider_talk
     assert count_rows(Message, thread=thread.pk, content=reply) == 1
 
 
-def test_terminating_backends_with_nothing_open_is_harmless(http):
-    terminate_backends_on_test_database()
-    terminate_backends_on_test_database()
+def test_requests_succeed_after_a_grown_pool_loses_every_connection(http, owner):
+    """A pool that grew under load holds many idle connections; a failover or a
+    restart kills them all at once, and the next request must still be served."""
+    grow_pool(GROWN_POOL)
+    assert backends_on_test_database() >= GROWN_POOL
 
-    responses = [http.get(SESSIONS) for _ in range(3)]
+    assert terminate_backends_on_test_database() >= GROWN_POOL
 
-    assert [r.status_code for r in responses] == [200, 200, 200]
+    listed = http.get(SESSIONS)
+    created = http.post(SESSIONS, json={"title": "After the failover"})
+    assert listed.status_code == 200, listed.content
+    assert created.status_code == 201, created.content
+    assert count_rows(Conversation, user=owner.pk) == 1
 
 
 # The server stopped ----------------------------------------------------------
@@ -312,6 +350,7 @@ def test_terminating_backends_with_nothing_open_is_harmless(http):
 def test_outage_is_503_then_the_same_requests_succeed_once_the_server_is_back(
     http, owner, cluster, pool_wait
 ):
+    fresh_pool()
     seen = []
     assert http.get(SESSIONS).status_code == 200
     assert backends_on_test_database() >= 1
