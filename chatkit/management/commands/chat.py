@@ -65,15 +65,19 @@ class Command(BaseCommand):
             self.stderr.write(f"{exc.code}: {exc.message}")
             return
         self.stdout.write("assistant> ", ending="")
-
-        def show(piece: str) -> None:
-            self.stdout.write(piece, ending="")
-            self.stdout.flush()
-
-        run = runs.run_execute(run=run, provider=provider, on_delta=show)
+        final = None
+        for event in runs.run_execute(run=run, provider=provider, stream=True):
+            if event.event == runs.DELTA:
+                self.stdout.write(event.data["delta"], ending="")
+                self.stdout.flush()
+            elif event.is_terminal:
+                final = event.data
         self.stdout.write("")
-        if run.status != RunStatus.COMPLETED:
-            self.stderr.write(f"[run {run.status}: {run.error_code} {run.error_message}]")
+        if final is not None and final["status"] != RunStatus.COMPLETED:
+            error = final["error"] or {}
+            self.stderr.write(
+                f"[run {final['status']}: {error.get('code')} {error.get('message')}]"
+            )
 
     def _session(self, user, session_id: str | None) -> Conversation:
         if session_id is None:
