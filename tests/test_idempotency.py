@@ -408,6 +408,29 @@ def test_retry_while_the_first_is_running_is_409_then_replays(owner, thread, ope
     assert len(openai_settings.requests) == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_key_of_a_request_that_died_is_freed_after_the_run_timeout(api, owner, settings):
+    first = api.post(SESSIONS, {"title": "Retry"}, format="json", **keyed("orphan"))
+    assert first.status_code == 201
+    # As if the process had died after claiming the key and before answering.
+    IdempotencyRecord.objects.filter(user=owner, key="orphan").update(
+        response_status=None, response_body=None
+    )
+    busy = api.post(SESSIONS, {"title": "Retry"}, format="json", **keyed("orphan"))
+    assert busy.status_code == 409
+    assert error_code(busy) == "IDEMPOTENCY_KEY_IN_USE"
+
+    died_at = timezone.now() - timedelta(seconds=settings.RUN_TIMEOUT_SECONDS + 1)
+    IdempotencyRecord.objects.filter(user=owner, key="orphan").update(created_at=died_at)
+    retry = api.post(SESSIONS, {"title": "Retry"}, format="json", **keyed("orphan"))
+
+    assert retry.status_code == 201, retry.json()
+    assert REPLAYED not in retry
+    replay = api.post(SESSIONS, {"title": "Retry"}, format="json", **keyed("orphan"))
+    assert (replay.status_code, replay.get(REPLAYED)) == (201, "true")
+    assert replay.content == retry.content
+
+
 # Expiry ---------------------------------------------------------------------
 
 
