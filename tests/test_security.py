@@ -187,6 +187,49 @@ def test_refresh_token_with_a_sub_that_is_not_a_uuid_is_401(anon, owner, sub):
     assert envelope_error(response, 401)["code"] == "AUTHENTICATION_FAILED"
 
 
+def _refresh_claims(user: User, **changes) -> dict:
+    claims = dict(RefreshToken.for_user(user).payload)
+    claims.update(changes)
+    return claims
+
+
+def _deleted_users_refresh_token() -> str:
+    ghost = make_user("ghost-refresh")
+    token = str(RefreshToken.for_user(ghost))
+    ghost.delete()
+    return token
+
+
+BAD_REFRESH_TOKENS = {
+    "alg_none": lambda u: _unsigned(_refresh_claims(u)),
+    "wrong_key": lambda u: _signed(_refresh_claims(u), key="not-the-key-" * 4),
+    "other_algorithm_same_key": lambda u: _signed(_refresh_claims(u), algorithm="HS512"),
+    "expired": lambda u: _signed(_refresh_claims(u, exp=int(time.time()) - 60)),
+    "access_as_refresh": lambda u: str(AccessToken.for_user(u)),
+    "garbage": lambda u: "not.a.jwt",
+}
+
+
+@pytest.mark.parametrize("endpoint", ["token/refresh", "logout"])
+@pytest.mark.parametrize("name", list(BAD_REFRESH_TOKENS))
+def test_forged_or_misused_refresh_tokens_are_401(anon, owner, endpoint, name):
+    token = BAD_REFRESH_TOKENS[name](owner)
+
+    response = anon.post(f"/api/v1/auth/{endpoint}", {"refresh": token}, format="json")
+
+    error = envelope_error(response, 401)
+    assert error["message"] == GENERIC_MESSAGES["AUTHENTICATION_FAILED"]
+    assert error["details"] is None
+
+
+def test_refresh_token_of_a_deleted_user_mints_nothing(anon, owner):
+    token = _deleted_users_refresh_token()
+
+    response = anon.post("/api/v1/auth/token/refresh", {"refresh": token}, format="json")
+
+    assert envelope_error(response, 401)["message"] == GENERIC_MESSAGES["AUTHENTICATION_FAILED"]
+
+
 def test_the_genuine_token_still_works(api, owner):
     # The control for the cases above: the helpers do build valid tokens.
     client = APIClient()
