@@ -14,9 +14,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from chatkit.management.commands import chat as chat_command
 from chatkit.models import IdempotencyRecord
 from chatkit.providers.echo import EchoProvider
 from conversations import runs, services
+from conversations.llm import Delta, ProviderError
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.db import count_rows, fetch_row, fetch_rows
 
@@ -402,6 +404,35 @@ def test_chat_streams_echo_replies_and_stores_the_messages(owner, typed):
     ]
     statuses = Run.objects.filter(thread__conversation=session).values_list("status", flat=True)
     assert list(statuses) == ["completed", "completed"]
+
+
+class FailingProvider:
+    """Streams one piece, then fails."""
+
+    name = "failing"
+    model = "failing-1"
+
+    def stream(self, messages):
+        yield Delta("Partial ")
+        raise ProviderError("upstream said no")
+
+    def complete(self, messages):
+        raise ProviderError("upstream said no")
+
+
+def test_chat_reports_a_failed_run_and_goes_on(owner, typed, monkeypatch):
+    monkeypatch.setattr(chat_command, "get_provider", FailingProvider)
+    typed("first", "second", "/exit")
+    out, err = StringIO(), StringIO()
+
+    call_command("chat", user="owner", stdout=out, stderr=err)
+
+    assert out.getvalue().count("assistant> Partial \n") == 2
+    assert err.getvalue().count("[run failed: PROVIDER_ERROR") == 2
+    assert "upstream said no" not in err.getvalue()  # the public message only
+    assert list(Run.objects.values_list("status", flat=True)) == ["failed", "failed"]
+    replies = Message.objects.filter(role="assistant").values_list("content", "status")
+    assert list(replies) == [("Partial ", "incomplete"), ("Partial ", "incomplete")]
 
 
 def test_chat_resumes_a_session_and_thread(owner, typed):
