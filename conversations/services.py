@@ -9,8 +9,6 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce
 
 from .errors import ObjectNotFound, SessionLimitReached
 from .models import Conversation, Thread
@@ -49,21 +47,11 @@ def conversation_create(
     with transaction.atomic(durable=True):
         # Lock the owner's row so that concurrent creates for one user queue
         # here; without it, each would count the same sessions and all would
-        # insert past the limit. The count rides along in the same query.
-        owned = (
-            Conversation.objects.filter(user=OuterRef("pk"))
-            .order_by()
-            .values("user")
-            .annotate(count=Count("pk"))
-            .values("count")
-        )
-        count = (
-            get_user_model()
-            .objects.select_for_update()
-            .filter(pk=user.pk)
-            .values_list(Coalesce(Subquery(owned), 0), flat=True)
-            .get()
-        )
+        # insert past the limit. The count must be its own statement: one
+        # riding along in the locking SELECT would read the snapshot taken
+        # before the lock was granted, and miss the inserts it waited for.
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        count = Conversation.objects.filter(user=user).count()
         if count >= limit:
             raise SessionLimitReached(details={"limit": limit})
         conversation = Conversation(user=user, instructions=instructions, metadata=metadata or {})

@@ -26,11 +26,11 @@ def session(owner) -> Conversation:
 def test_session_create(api, owner, django_assert_num_queries):
     # 1. SELECT the user named by the access token
     # 2. SAVEPOINT
-    # 3. SELECT the user FOR UPDATE (serializes creates for one user), with the
-    #    COUNT(*) of the user's sessions as a subquery
-    # 4. INSERT the session
-    # 5. RELEASE SAVEPOINT
-    with django_assert_num_queries(5):
+    # 3. SELECT the user FOR UPDATE (serializes creates for one user)
+    # 4. SELECT COUNT(*) of the user's sessions
+    # 5. INSERT the session
+    # 6. RELEASE SAVEPOINT
+    with django_assert_num_queries(6):
         response = api.post(SESSIONS, {"title": "x", "metadata": {"a": "b"}}, format="json")
 
     assert response.status_code == 201
