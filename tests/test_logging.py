@@ -4,14 +4,18 @@ import json
 import logging
 import os
 import re
+import runpy
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import StringIO
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings as django_settings
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
 
 from chatkit.logging import JSONFormatter, RequestIDFilter, request_id_var
 
@@ -188,3 +192,70 @@ def test_log_format_json_writes_json_lines_to_stderr():
     assert {e["request_id"] for e in entries} == {"from-subprocess"}
     assert "exception" not in entries[0]
     assert entries[1]["exception"].rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+# gunicorn's access log with LOG_FORMAT=json -----------------------------------
+
+
+@pytest.fixture
+def access_log(monkeypatch, tmp_path):
+    """Log one request the way gunicorn does with gunicorn.conf.py; return its lines."""
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    conf = runpy.run_path(str(django_settings.BASE_DIR / "gunicorn.conf.py"))
+    target = tmp_path / "access.log"
+    cfg = Config()
+    cfg.set("accesslog", str(target))
+    cfg.set("access_log_format", conf["access_log_format"])
+    logger = Logger(cfg)
+
+    def log(path: str, raw_uri: str, status: str = "404 Not Found") -> list[str]:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "RAW_URI": raw_uri,
+            "PATH_INFO": path,  # gunicorn percent-decodes it, as WSGI wants
+            "QUERY_STRING": "",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "10.0.0.7",
+        }
+        response = SimpleNamespace(status=status, headers=[("X-Request-ID", "req-7")], sent=179)
+        logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=12))
+        for handler in logger.access_log.handlers:
+            handler.flush()
+        return target.read_text(encoding="utf-8").splitlines()
+
+    yield log
+    for handler in list(logger.access_log.handlers):
+        handler.close()
+        logger.access_log.removeHandler(handler)
+
+
+def test_gunicorn_access_log_line_is_json(access_log):
+    (line,) = access_log("/api/v1/chatkit/sessions", "/api/v1/chatkit/sessions", "200 OK")
+
+    entry = json.loads(line)
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/api/v1/chatkit/sessions"
+    assert entry["status"] == 200
+    assert entry["duration_ms"] == 12
+    assert entry["request_id"] == "req-7"
+    assert entry["remote"] == "10.0.0.7"
+
+
+@pytest.mark.parametrize(
+    ("raw_uri", "path"),
+    [
+        ("/a%22b", '/a"b'),
+        ("/a%5Cb", "/a\\b"),
+        ("/x%0A%7B%22forged%22:true%7D", '/x\n{"forged":true}'),
+        ("/tab%09and%01ctl", "/tab\tand\x01ctl"),
+    ],
+    ids=["quote", "backslash", "newline", "control"],
+)
+def test_gunicorn_access_log_line_stays_one_json_object_for_any_path(access_log, raw_uri, path):
+    # Any client can request such a path; the line must stay one valid JSON
+    # object with the path as sent, or a log shipper drops it, or takes the
+    # client's text for a second, forged record.
+    lines = access_log(path, raw_uri)
+
+    assert len(lines) == 1, lines
+    assert json.loads(lines[0])["path"] == path
