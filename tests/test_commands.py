@@ -19,6 +19,7 @@ from chatkit.models import IdempotencyRecord
 from chatkit.providers.echo import EchoProvider
 from conversations import runs, services
 from conversations.llm import Delta, ProviderError
+from conversations.management.commands import purge_conversations
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.db import count_rows, fetch_row, fetch_rows
 
@@ -114,6 +115,26 @@ def test_create_api_user_without_a_password_gets_an_unusable_guess(db):
     assert not user.check_password("script-bot")
 
 
+def test_create_api_user_existing_for_an_inactive_user_fails(owner):
+    User.objects.filter(pk=owner.pk).update(is_active=False)
+
+    with pytest.raises(CommandError, match="not active"):
+        run_command("create_api_user", "owner", existing=True)
+
+
+@pytest.mark.parametrize(
+    "username", ["", "has space", "semi;colon", "x" * 151], ids=["empty", "space", "semi", "long"]
+)
+def test_create_api_user_refuses_a_username_the_account_model_refuses(db, username):
+    # The same rules as registration and the admin (letters, digits, @.+-_, at
+    # most 150): otherwise the account can never be edited in the admin, and a
+    # long name is a database error on PostgreSQL only.
+    with pytest.raises(CommandError):
+        run_command("create_api_user", username)
+
+    assert not User.objects.exists()
+
+
 def test_create_api_user_help():
     text = help_text("accounts", "create_api_user")
 
@@ -197,6 +218,18 @@ def test_export_markdown_has_the_title_roles_and_contents(conversation):
     positions = [text.index(content) for _, messages in EXPECTED_THREADS for _, content in messages]
     assert positions == sorted(positions)  # in order, and every one present
     assert text.index("## Trains") < positions[0] < text.index("## Hotels") < positions[4]
+
+
+def test_export_markdown_marks_an_incomplete_reply(conversation):
+    last = Message.objects.filter(thread__conversation=conversation, role="assistant").latest(
+        "created_at"
+    )
+    Message.objects.filter(pk=last.pk).update(status="incomplete")
+
+    text = run_command("export_conversation", str(conversation.pk), format="markdown")
+
+    assert text.count("**assistant** (incomplete)") == 1
+    assert text.count("**assistant**,") == 2
 
 
 def test_export_to_a_file(conversation, tmp_path):
@@ -303,6 +336,18 @@ def test_purge_keeps_sessions_younger_than_the_age(owner):
 
     assert "Deleted 1 session(s)" in run_command("purge_conversations", older_than="600m")
     assert not Conversation.objects.filter(pk=session.pk).exists()
+
+
+def test_purge_deletes_more_than_one_batch(owner):
+    count = purge_conversations.BATCH + 7
+    Conversation.objects.bulk_create(Conversation(user=owner) for _ in range(count))
+    Conversation.objects.update(updated_at=timezone.now() - timedelta(days=2))
+    kept = Conversation.objects.create(user=owner)  # past the quota: not through the service
+
+    out = run_command("purge_conversations", older_than="1d")
+
+    assert f"Deleted {count} session(s)" in out
+    assert list(Conversation.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
 @pytest.mark.parametrize("bad", ["0d", "30", "abc", "30y", "-5d", "d", "30 d", "1.5d", ""])
