@@ -497,6 +497,21 @@ def test_chat_resumes_a_session_and_thread(owner, typed):
     assert Conversation.objects.filter(user=owner).count() == 1
 
 
+def test_chat_on_a_thread_with_an_active_run_says_so(owner, typed):
+    session = services.conversation_create(user=owner)
+    thread = services.thread_create(conversation=session)
+    active = runs.run_start(thread=thread, input="x", provider="echo", model="echo-1", queued=True)
+    typed("hello")
+    out, err = StringIO(), StringIO()
+
+    call_command(
+        "chat", user="owner", session=str(session.pk), thread=str(thread.pk), stdout=out, stderr=err
+    )
+
+    assert "RUN_IN_PROGRESS" in err.getvalue()
+    assert list(Run.objects.values_list("pk", flat=True)) == [active.pk]
+
+
 def test_chat_for_an_unknown_user_is_a_command_error(db, typed):
     typed("hello")
 
