@@ -125,8 +125,10 @@ if _default_db["ENGINE"] == "django.db.backends.postgresql":
         # process opens at most DB_POOL_MAX_SIZE connections however many
         # threads it runs. Off (DB_POOL=0) behind PgBouncer.
         _default_db["CONN_MAX_AGE"] = 0
-        # With a pool, Django turns health checks into the pool's own check.
+        # With a pool, Django turns health checks into the pool's own check;
+        # this backend makes that check recover from a failover at once.
         _default_db["CONN_HEALTH_CHECKS"] = True
+        _default_db["ENGINE"] = "chatbot_project.postgresql"
         _options["pool"] = {
             "min_size": DB_POOL_MIN_SIZE,
             "max_size": DB_POOL_MAX_SIZE,

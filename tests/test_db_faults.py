@@ -32,32 +32,16 @@ from tests.sse import SSEStream, bearer, wait_until
 
 pytest_plugins = ["tests.conftest_openai"]
 
-MARKER = "db_faults"
 
-
-def _register_marker() -> None:
-    # pytest.ini runs with --strict-markers and does not list this marker (it
-    # belongs in its `markers`); register it before it is used below.
-    config = getattr(pytest.mark, "_config", None)
-    if config is not None and MARKER not in {
-        line.split(":")[0].strip() for line in config.getini("markers")
-    }:
-        config.addinivalue_line(
-            "markers", f"{MARKER}: kills database connections and stops PostgreSQL"
-        )
-
-
-_register_marker()
-
-_ENGINE = settings.DATABASES["default"]["ENGINE"]
+_VENDOR = connection.vendor
 _HOST = settings.DATABASES["default"].get("HOST") or "127.0.0.1"
 _PORT = str(settings.DATABASES["default"].get("PORT") or 5432)
 _CLUSTERS = sorted(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else []
 
 pytestmark = [
-    getattr(pytest.mark, MARKER),
+    pytest.mark.db_faults,
     pytest.mark.skipif(
-        _ENGINE != "django.db.backends.postgresql",
+        _VENDOR != "postgresql",
         reason="database faults need PostgreSQL (pg_terminate_backend, a server to stop); "
         "SQLite has no server and no connections to kill",
     ),
