@@ -20,6 +20,7 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 if os.environ.get("LOG_FORMAT") == "json":
+    logger_class = "chatbot_project.gunicorn_logging.JSONAccessLogger"
     access_log_format = (
         '{"time": "%(t)s", "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", '
         '"status": %(s)s, "bytes": "%(b)s", "duration_ms": %(M)s, '
