@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 from django.conf import settings as django_settings
 from gunicorn.config import Config
-from gunicorn.glogging import Logger
 
 from chatkit.logging import JSONFormatter, RequestIDFilter, request_id_var
 
@@ -204,9 +203,12 @@ def access_log(monkeypatch, tmp_path):
     conf = runpy.run_path(str(django_settings.BASE_DIR / "gunicorn.conf.py"))
     target = tmp_path / "access.log"
     cfg = Config()
+    # The file's logging settings, as gunicorn -c applies them; the log goes to a file.
+    for name in ("access_log_format", "logger_class"):
+        if name in conf:
+            cfg.set(name, conf[name])
     cfg.set("accesslog", str(target))
-    cfg.set("access_log_format", conf["access_log_format"])
-    logger = Logger(cfg)
+    logger = cfg.logger_class(cfg)
 
     def log(path: str, raw_uri: str, status: str = "404 Not Found") -> list[str]:
         environ = {
