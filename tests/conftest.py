@@ -4,6 +4,7 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.models import User
+from conversations.models import Conversation, Thread
 
 PASSWORD = "correct horse battery staple"
 
@@ -56,3 +57,15 @@ def stranger_api(stranger) -> APIClient:
 @pytest.fixture
 def anon() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def session(owner) -> Conversation:
+    """A session of ``owner``."""
+    return Conversation.objects.create(user=owner)
+
+
+@pytest.fixture
+def thread(session) -> Thread:
+    """A thread in ``session``."""
+    return Thread.objects.create(conversation=session)

@@ -23,12 +23,6 @@ ME = "/api/v1/auth/me"
 USER_FIELDS = {"id", "username", "email", "date_joined"}
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def error_code(response) -> str:
     return response.json()["error"]["code"]
 

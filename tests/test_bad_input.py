@@ -13,12 +13,6 @@ WRITE_TARGETS = ["create session", "patch session", "create thread", "patch thre
 LIST_TARGETS = ["list sessions", "list threads"]
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def session(owner) -> Conversation:
     return Conversation.objects.create(user=owner, title="Kept", metadata={"k": "v"})

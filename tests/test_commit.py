@@ -19,12 +19,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SESSIONS = "/api/v1/chatkit/sessions"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def test_second_connection_does_not_see_uncommitted_rows(owner):
     with transaction.atomic():
         conversation = Conversation.objects.create(user=owner)

@@ -35,12 +35,6 @@ class RecordingProvider:
         yield completion
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The users' passwords are never checked here; hashing them is the slow part.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def long_thread(owner) -> Thread:
     """A thread of 3,000 alternating messages of 100 characters, oldest first."""

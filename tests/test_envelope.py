@@ -11,27 +11,10 @@ from django.db import IntegrityError, OperationalError
 
 from chatkit.logging import RequestIDFilter
 from conversations import services
-from conversations.models import Conversation, Thread
 
 SESSIONS = "/api/v1/chatkit/sessions"
 SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SECRET = "secret internals"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
-
-
-@pytest.fixture
-def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
 
 
 @pytest.fixture

@@ -58,11 +58,6 @@ def session(owner) -> Conversation:
 
 
 @pytest.fixture
-def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
-
-
-@pytest.fixture
 def enqueued(monkeypatch) -> list[str]:
     """Background runs handed to the task engine (recorded, not carried out)."""
     handed_over: list[str] = []

@@ -27,12 +27,6 @@ ROUTES = [
 ROUTE_IDS = [f"{method.upper()} {template}" for method, template, _ in ROUTES]
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def owners_session(owner) -> Conversation:
     return Conversation.objects.create(user=owner, title="Private", metadata={"k": "v"})

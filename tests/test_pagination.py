@@ -11,12 +11,6 @@ SESSIONS = "/api/v1/chatkit/sessions"
 COUNT = 25
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def _spread(model, rows: list) -> list[str]:
     """Give rows timestamps in groups of five equal ones, so ties on created_at are
     broken by id, and return their ids newest first, as the API should list them."""

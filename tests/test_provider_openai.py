@@ -59,12 +59,6 @@ ERROR_CODES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The users' passwords are never checked here; hashing them is the slow part.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def provider(openai_settings) -> OpenAIProvider:
     provider = get_provider()

@@ -12,17 +12,6 @@ from conversations.models import Conversation, Thread
 SESSIONS = "/api/v1/chatkit/sessions"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
-
-
 def test_session_create(api, owner, django_assert_num_queries):
     # 1. SELECT the user named by the access token
     # 2. SAVEPOINT

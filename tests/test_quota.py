@@ -17,12 +17,6 @@ CONCURRENT_CLIENTS = 25
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _limit(settings):
     settings.MAX_SESSIONS_PER_USER = LIMIT
 

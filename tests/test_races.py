@@ -23,22 +23,6 @@ from tests.db import count_rows
 SESSIONS = "/api/v1/chatkit/sessions"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
-
-
-@pytest.fixture
-def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
-
-
 def after(first: Callable[[], object], service: Callable) -> Callable:
     """``service``, run just after ``first`` (the competing request's change)."""
 

@@ -19,13 +19,6 @@ TIMEOUT = 60
 @pytest.fixture(autouse=True)
 def run_timeout(settings):
     settings.RUN_TIMEOUT_SECONDS = TIMEOUT
-    # The users' passwords are never checked here; hashing them is the slow part.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
 
 
 def new_thread(session: Conversation) -> Thread:

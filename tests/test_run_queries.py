@@ -9,12 +9,6 @@ import pytest
 from conversations.models import Conversation, Thread
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The users' passwords are never checked here; hashing them is the slow part.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def thread(owner) -> Thread:
     # A custom title: the first run does not rename the session.

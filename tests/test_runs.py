@@ -35,22 +35,6 @@ RUN_KEYS = {
 MESSAGE_KEYS = {"id", "thread_id", "run_id", "role", "content", "status", "created_at", "metadata"}
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The users' passwords are never checked here; hashing them is the slow part.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
-
-
-@pytest.fixture
-def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
-
-
 def thread_url(thread: Thread) -> str:
     return f"{SESSIONS}/{thread.conversation_id}/threads/{thread.pk}"
 

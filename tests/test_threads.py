@@ -11,12 +11,6 @@ SESSIONS = "/api/v1/chatkit/sessions"
 THREAD_FIELDS = {"id", "session_id", "title", "metadata", "created_at", "updated_at"}
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2 costs a quarter of a second per user; no test here is about its strength.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def session(owner) -> Conversation:
     return Conversation.objects.create(user=owner, title="Trip")

@@ -4,6 +4,7 @@ import json
 import secrets
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -33,6 +34,10 @@ class Command(BaseCommand):
         elif user is not None:
             raise CommandError(f"User {username!r} exists; use --existing for new tokens.")
         else:
+            try:
+                get_user_model()._meta.get_field("username").clean(username, None)
+            except ValidationError as exc:
+                raise CommandError(f"Invalid username: {' '.join(exc.messages)}") from None
             user = users.create_user(
                 username=username,
                 email=options["email"],
