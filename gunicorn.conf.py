@@ -20,12 +20,8 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 if os.environ.get("LOG_FORMAT") == "json":
+    # One JSON object per line, built in chatbot_project/gunicorn_logging.py.
     logger_class = "chatbot_project.gunicorn_logging.JSONAccessLogger"
-    access_log_format = (
-        '{"time": "%(t)s", "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", '
-        '"status": %(s)s, "bytes": "%(b)s", "duration_ms": %(M)s, '
-        '"request_id": "%({x-request-id}o)s"}'
-    )
 else:
     access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
