@@ -313,7 +313,17 @@ class RunViewSet(
     @action(detail=True, methods=["get"])
     def events(self, request: Request, *args, **kwargs) -> HttpResponseBase:
         run = self.get_object()
-        raw = request.headers.get("Last-Event-ID", request.query_params.get("last_event_id", "0"))
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
-            raise ValidationError({"Last-Event-ID": ["Must be a non-negative event id."]})
-        return event_stream_response(follow_run_stream(run_id=run.pk, after=int(raw)))
+        after = 0
+        # Each given form must be valid (a bad ?last_event_id= is a 400 even
+        # beside a good header); the header, where EventSource puts it, wins.
+        given = [
+            *(("last_event_id", raw) for raw in request.query_params.getlist("last_event_id")),
+            ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ]
+        for name, raw in given:
+            if raw is None:
+                continue
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+                raise ValidationError({name: ["Must be a non-negative event id."]})
+            after = int(raw)
+        return event_stream_response(follow_run_stream(run_id=run.pk, after=after))
