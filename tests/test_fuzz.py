@@ -209,3 +209,19 @@ def test_a_post_to_an_unknown_api_route_is_a_json_404(live_server):
 
     assert error.value.code == 404
     assert json.loads(error.value.read())["error"]["code"] == "NOT_FOUND"
+
+
+def test_a_bad_last_event_id_query_is_400_even_beside_a_good_header():
+    # Found by the fuzzer: the header won, so a bad ?last_event_id= went unchecked.
+    owner = make_user("owner")
+    _seed(owner)
+    api = client_for(owner)
+    session = api.get(SESSIONS).json()["data"][0]["id"]
+    thread = api.get(f"{SESSIONS}/{session}/threads").json()["data"][0]["id"]
+    runs = f"{SESSIONS}/{session}/threads/{thread}/runs"
+    run = api.get(runs).json()["data"][0]["id"]
+
+    response = api.get(f"{runs}/{run}/events?last_event_id=x", HTTP_LAST_EVENT_ID="1")
+
+    assert response.status_code == 400
+    assert "last_event_id" in response.json()["error"]["details"]
