@@ -164,9 +164,12 @@ def _api_error(
         message = str(exc.detail)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
-        details = {"retry_after_seconds": int(exc.wait + 0.999)}
+    if isinstance(exc, exceptions.Throttled):
+        # The contract promises Retry-After on every 429; DRF leaves ``wait``
+        # unset when a throttle cannot tell (more requests recorded than allowed).
+        wait = RETRY_AFTER_SECONDS if exc.wait is None else max(1, int(exc.wait + 0.999))
+        headers["Retry-After"] = str(wait)
+        details = {"retry_after_seconds": wait}
     return Response(error_body(code, message, details), status=status, headers=headers)
 
 
