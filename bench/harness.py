@@ -72,6 +72,10 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
     env.setdefault("SECRET_KEY", "benchmark-only-" + secrets.token_hex(16))
     env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatbot")
     env.setdefault("ALLOWED_HOSTS", HOST)
+    # Benchmarks measure capacity, not the limits: throttles off, no quota.
+    for name in ("THROTTLE_AUTH", "THROTTLE_RUNS", "THROTTLE_USER"):
+        env.setdefault(name, "")
+    env.setdefault("MAX_SESSIONS_PER_USER", "1000000000")
     env.update(extra)
     return env
 

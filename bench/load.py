@@ -1,7 +1,7 @@
 """Load benchmark: the API against a bare Django view, under wrk.
 
 Starts the production stack (gunicorn with gunicorn.conf.py) on DATABASE_URL
-(default PostgreSQL at 127.0.0.1/chatbot), throttles off, and drives each
+(default PostgreSQL at 127.0.0.1/chatbot), throttles off (bench/harness.py), and drives each
 endpoint with wrk (Debian package `wrk`) at a fixed concurrency, one user
 and token per wrk connection:
 
@@ -117,13 +117,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
-    env = {
-        "THROTTLE_AUTH": "",
-        "THROTTLE_RUNS": "",
-        "THROTTLE_USER": "",
-        "MAX_SESSIONS_PER_USER": "1000000000",
-        "BENCH_BARE_VIEWS": "1",
-    }
+    env = {"BENCH_BARE_VIEWS": "1"}
     with running_stack(args.port, env, worker=False):
         tokens, users, run_urls = [], [], []
         for _ in range(args.connections):
