@@ -89,11 +89,22 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
                 yield PING
                 last_sent = time.monotonic()
             continue
-        if item is _END:
+        # Send what the executor stored together (a batch of pieces) in one
+        # write: fewer syscalls and chunks under many concurrent streams.
+        batch = [item]
+        while batch[-1] is not _END:
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        ended = batch[-1] is _END
+        sent = [event for event in batch if event is not _END]
+        if sent:
+            last_seq = sent[-1].seq
+            last_sent = time.monotonic()
+            yield b"".join(encode(event) for event in sent)
+        if ended:
             break
-        last_seq = item.seq
-        last_sent = time.monotonic()
-        yield encode(item)
     yield DONE
 
 
