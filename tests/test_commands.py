@@ -135,6 +135,14 @@ def test_create_api_user_refuses_a_username_the_account_model_refuses(db, userna
     assert not User.objects.exists()
 
 
+@pytest.mark.parametrize("password", ["short", "12345678901", "password123"])
+def test_create_api_user_refuses_a_password_registration_would_refuse(db, password):
+    with pytest.raises(CommandError, match="Weak password"):
+        call_command("create_api_user", "scripted", password=password, stdout=StringIO())
+
+    assert not User.objects.filter(username="scripted").exists()
+
+
 def test_create_api_user_help():
     text = help_text("accounts", "create_api_user")
 

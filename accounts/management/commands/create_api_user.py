@@ -3,7 +3,7 @@
 import json
 import secrets
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -38,6 +38,13 @@ class Command(BaseCommand):
                 get_user_model()._meta.get_field("username").clean(username, None)
             except ValidationError as exc:
                 raise CommandError(f"Invalid username: {' '.join(exc.messages)}") from None
+            if options["password"]:
+                try:
+                    password_validation.validate_password(
+                        options["password"], get_user_model()(username=username)
+                    )
+                except ValidationError as exc:
+                    raise CommandError(f"Weak password: {' '.join(exc.messages)}") from None
             user = users.create_user(
                 username=username,
                 email=options["email"],
