@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_project.settings")
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver")
-os.environ.setdefault("THROTTLE_USER", "")
+os.environ.setdefault("THROTTLE_USER", "")  # hundreds of requests from one user
 
 import django
 
