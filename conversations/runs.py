@@ -408,23 +408,28 @@ def _finish(
     completion: Completion | None = None,
     error: tuple[str, str] | None = None,
 ) -> list[Event] | None:
-    """The executor's last step; None if someone else ended the run first."""
+    """The executor's last step; None if someone else ended the run first.
+
+    The executor's own ``run`` (thread and messages loaded) is saved: while
+    the run is in progress nobody else writes it, and the lock keeps it so.
+    """
     with transaction.atomic(durable=True):
-        locked = _locked(run.pk)
-        if locked is None or locked.status != RunStatus.IN_PROGRESS:
+        current = (
+            Run.objects.select_for_update()
+            .filter(pk=run.pk)
+            .values_list("status", "last_event_seq")
+            .first()
+        )
+        if current is None or current[0] != RunStatus.IN_PROGRESS:
             logger.warning("Run %s ended elsewhere before its reply was stored", run.pk)
             return None
+        run.last_event_seq = current[1]
         items: list[tuple[str, Any]] = []
         if pending:
             items.append(
-                (DELTA, {"message_id": str(locked.reply_message_id), "deltas": list(pending)})
+                (DELTA, {"message_id": str(run.reply_message_id), "deltas": list(pending)})
             )
-        events = _end(
-            locked, status=status, text=text, completion=completion, error=error, items=items
-        )
-    run.status = locked.status
-    run.last_event_seq = locked.last_event_seq
-    return events
+        return _end(run, status=status, text=text, completion=completion, error=error, items=items)
 
 
 def _end(
