@@ -1,6 +1,5 @@
 """Server-sent events for runs: live from this process, or followed from the database."""
 
-import json
 import logging
 import queue
 import threading
@@ -8,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import connection
 from django.http import StreamingHttpResponse
@@ -29,8 +29,9 @@ IDLE_CHECK_SECONDS = 1.0
 
 
 def encode(event: runs.Event) -> bytes:
-    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {event.seq}\nevent: {event.event}\ndata: {data}\n\n".encode()
+    # orjson escapes newlines inside strings, so the data stays on one line.
+    header = f"id: {event.seq}\nevent: {event.event}\ndata: ".encode()
+    return header + orjson.dumps(event.data) + b"\n\n"
 
 
 def event_stream_response(body: Iterator[bytes], status: int = 200) -> StreamingHttpResponse:
