@@ -7,7 +7,16 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_project.settings")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
+
+    # Django would swallow a settings error here and fail later with an
+    # unrelated "Models aren't loaded yet"; say what is wrong instead.
+    try:
+        settings.INSTALLED_APPS  # noqa: B018
+    except ImproperlyConfigured as exc:
+        sys.exit(f"Configuration error: {exc}")
 
     execute_from_command_line(sys.argv)
 

@@ -14,7 +14,7 @@ from django.http import StreamingHttpResponse
 
 from conversations import runs
 from conversations.llm import Provider
-from conversations.models import ACTIVE_RUN_STATUSES, Run
+from conversations.models import Run
 
 from .logging import request_id_var
 
@@ -80,7 +80,7 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             # The provider is silent. Someone may have ended the run (cancel,
             # reaper): then its end is in the database, and the executor
             # only learns of it when the provider speaks again.
-            if not Run.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).exists():
+            if not runs.run_is_active(run_id=run.pk):
                 ended = runs.run_events_after(run_id=run.pk, seq=last_seq)
                 runs.release_connection()
                 yield from (encode(event) for event in ended)
@@ -117,10 +117,7 @@ def follow_run_stream(*, run_id: Any, after: int) -> Iterator[bytes]:
     try:
         while True:
             events = runs.run_events_after(run_id=run_id, seq=cursor)
-            if (
-                not events
-                and not Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists()
-            ):
+            if not events and not runs.run_is_active(run_id=run_id):
                 # It ended: read once more, as its last events may have been
                 # stored between the read above and the check.
                 events = runs.run_events_after(run_id=run_id, seq=cursor)

@@ -29,13 +29,19 @@ def enqueue_run(run: Run) -> None:
     execute_run.enqueue(run_id=str(run.pk))
 
 
-def prepare_task_queue() -> None:
-    """Create the huey queue's tables when huey keeps them in a SQL database."""
+def configured_huey():
+    """The huey instance when huey is the task engine, else None."""
     if "djhuey" not in settings.TASKS["default"]["BACKEND"]:
-        return
+        return None
     from huey.contrib.djhuey import HUEY
 
-    initialize = getattr(HUEY.storage, "initialize_schema", None)
+    return HUEY
+
+
+def prepare_task_queue() -> None:
+    """Create the huey queue's tables when huey keeps them in a SQL database."""
+    huey = configured_huey()
+    initialize = getattr(huey.storage, "initialize_schema", None) if huey else None
     if initialize is not None:
         initialize()
 
@@ -46,8 +52,6 @@ def prune_task_results() -> None:
     Records of tasks in flight go too, which only skips their bookkeeping: the
     run row, not the task record, is the source of truth.
     """
-    if "djhuey" not in settings.TASKS["default"]["BACKEND"]:
-        return
-    from huey.contrib.djhuey import HUEY
-
-    HUEY.storage.flush_results()
+    huey = configured_huey()
+    if huey is not None:
+        huey.storage.flush_results()

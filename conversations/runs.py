@@ -106,6 +106,10 @@ def run_events_after(*, run_id: Any, seq: int) -> list[Event]:
     return [event for event in _expand(rows) if event.seq > seq]
 
 
+def run_is_active(*, run_id: Any) -> bool:
+    return Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists()
+
+
 def _stored_text(run: Run) -> str:
     batches = RunEvent.objects.filter(run=run, event=DELTA).order_by("seq")
     return "".join("".join(data["deltas"]) for data in batches.values_list("data", flat=True))

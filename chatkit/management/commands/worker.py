@@ -10,7 +10,7 @@ from django.db import connection
 from conversations.runs import runs_expire_stale
 
 from ...idempotency import purge_expired_keys
-from ...tasks import prepare_task_queue, prune_task_results
+from ...tasks import configured_huey, prepare_task_queue, prune_task_results
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
-        backend = settings.TASKS["default"]["BACKEND"]
-        if "djhuey" not in backend:
+        huey = configured_huey()
+        if huey is None:
             raise CommandError(
-                f"TASKS backend {backend} brings its own worker (for RQ: "
-                "`manage.py rqworker`); run that, and `manage.py reap_runs` from cron."
+                f"TASKS backend {settings.TASKS['default']['BACKEND']} brings its own worker "
+                "(for RQ: `manage.py rqworker`); run that, and `manage.py reap_runs` from cron."
             )
-        from huey.contrib.djhuey import HUEY
-
         prepare_task_queue()
         expired = runs_expire_stale()
         connection.close()
@@ -66,9 +64,9 @@ class Command(BaseCommand):
             consumer_options["workers"] = options["threads"]
         self.stdout.write(
             f"Worker: {consumer_options.get('workers', 1)} thread(s), "
-            f"queue {type(HUEY.storage).__name__}."
+            f"queue {type(huey.storage).__name__}."
         )
         try:
-            HUEY.create_consumer(**consumer_options).run()
+            huey.create_consumer(**consumer_options).run()
         finally:
             stop.set()
