@@ -3,6 +3,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from accounts.authentication import user_cache
 from accounts.models import User
 from conversations.models import Conversation, Thread
 
@@ -17,10 +18,19 @@ def _fast_password_hasher(settings):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    # Throttle counters live in the cache; no test inherits another's.
+    # Throttle counters live in the cache, users in the authentication's own
+    # cache; no test inherits another's.
     cache.clear()
+    user_cache.clear()
     yield
     cache.clear()
+    user_cache.clear()
+
+
+@pytest.fixture
+def cold_user_cache(settings):
+    """Every request loads its user, as a process's first one does: for pinned query counts."""
+    settings.AUTH_USER_CACHE_SECONDS = 0
 
 
 def make_user(username: str) -> User:

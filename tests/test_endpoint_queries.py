@@ -16,6 +16,9 @@ from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.conftest import PASSWORD
 
+# Counted with the token's user looked up (no cached user): the cold cost.
+pytestmark = pytest.mark.usefixtures("cold_user_cache")
+
 SESSIONS = "/api/v1/chatkit/sessions"
 
 

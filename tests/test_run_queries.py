@@ -8,6 +8,9 @@ import pytest
 
 from conversations.models import Conversation, Thread
 
+# Counted with the token's user looked up (no cached user): the cold cost.
+pytestmark = pytest.mark.usefixtures("cold_user_cache")
+
 
 @pytest.fixture
 def thread(owner) -> Thread:
