@@ -80,6 +80,7 @@ _API_EXCEPTIONS: list[tuple[type[exceptions.APIException], int, str, str]] = [
 ]
 
 _DOMAIN_STATUS = {
+    "AUTHENTICATION_FAILED": 401,
     "NOT_FOUND": 404,
     "SESSION_LIMIT_REACHED": 409,
     "RUN_IN_PROGRESS": 409,

@@ -18,6 +18,13 @@ class ObjectNotFound(DomainError):
     message = "Not found."
 
 
+class OwnerNotFound(DomainError):
+    """The authenticated user was deleted while the request was under way."""
+
+    code = "AUTHENTICATION_FAILED"
+    message = "User not found."
+
+
 class SessionLimitReached(DomainError):
     code = "SESSION_LIMIT_REACHED"
     message = "You have reached the maximum number of sessions."

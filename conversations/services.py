@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
-from .errors import ObjectNotFound, SessionLimitReached
+from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
 from .models import Conversation, Thread
 
 UNSET: Any = object()
@@ -42,23 +42,62 @@ def conversation_create(
     instructions: str = "",
     metadata: dict[str, str] | None = None,
 ) -> Conversation:
-    """Create a session for ``user``, within ``MAX_SESSIONS_PER_USER``."""
+    """Create a session for ``user``, within ``MAX_SESSIONS_PER_USER``; committed."""
     limit = settings.MAX_SESSIONS_PER_USER
-    with transaction.atomic(durable=True):
-        # Lock the owner's row so that concurrent creates for one user queue
-        # here; without it, each would count the same sessions and all would
-        # insert past the limit. The count must be its own statement: one
-        # riding along in the locking SELECT would read the snapshot taken
-        # before the lock was granted, and miss the inserts it waited for.
-        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
-        count = Conversation.objects.filter(user=user).count()
-        if count >= limit:
-            raise SessionLimitReached(details={"limit": limit})
-        conversation = Conversation(user=user, instructions=instructions, metadata=metadata or {})
-        if title is not None:
-            conversation.title = title
-        conversation.save(force_insert=True)
+    conversation = Conversation(user=user, instructions=instructions, metadata=metadata or {})
+    if title is not None:
+        conversation.title = title
+    try:
+        if connection.vendor == "postgresql":
+            created = _insert_within_quota(conversation, limit)
+        else:
+            # SQLite takes the write lock at BEGIN (IMMEDIATE, see settings),
+            # so concurrent creates queue there before they count.
+            with transaction.atomic(durable=True):
+                created = Conversation.objects.filter(user=user).count() < limit
+                if created:
+                    conversation.save(force_insert=True)
+    except IntegrityError:
+        # The owner was deleted after this request authenticated.
+        if not get_user_model().objects.filter(pk=user.pk).exists():
+            raise OwnerNotFound() from None
+        raise
+    if not created:
+        raise SessionLimitReached(details={"limit": limit})
     return conversation
+
+
+def _insert_within_quota(conversation: Conversation, limit: int) -> bool:
+    """Insert ``conversation`` unless its owner has ``limit`` sessions; one round trip.
+
+    Two statements sent together run as one implicit transaction, committed
+    when this returns. The first locks the owner's row, so that concurrent
+    creates for one user queue there; the second counts and inserts. The
+    count must be its own statement: one riding along in the locking SELECT
+    would read the snapshot taken before the lock was granted, and miss the
+    inserts it waited for. Returns whether the row was inserted.
+    """
+    with transaction.atomic(durable=True, savepoint=False):
+        # Only the durability check: inside another transaction this raises,
+        # as the insert would not be committed on return. Sends nothing.
+        pass
+    fields = Conversation._meta.concrete_fields
+    values = [f.get_db_prep_save(f.pre_save(conversation, add=True), connection) for f in fields]
+    table = Conversation._meta.db_table
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    # Table and column names come from the models; values are parameters.
+    sql = (
+        f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE; "  # noqa: S608
+        f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
+        f"WHERE (SELECT count(*) FROM {table} WHERE user_id = %s) < %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [conversation.user_id, *values, conversation.user_id, limit])
+        cursor.nextset()
+        inserted = cursor.rowcount == 1
+    conversation._state.adding = False
+    return inserted
 
 
 def conversation_update(
