@@ -65,13 +65,12 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             connection.close()
             events.put(_END)
 
-    started = runs.run_events_after(run_id=run.pk, seq=0)
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
-    for event in started:
-        yield encode(event)
-    last_seq = started[-1].seq if started else 0
+    started = run.start_events
+    yield b"".join(encode(event) for event in started)
+    last_seq = started[-1].seq
     last_sent = time.monotonic()
     while True:
         try:

@@ -135,7 +135,8 @@ def run_start(
     index decides races. An active run whose lease ran out is expired first,
     so a crashed process never locks a thread for good. With ``queued`` the
     run waits for a worker: ``on_commit(run)`` hands it over once the run is
-    committed, never before.
+    committed, never before. The events stored with the run are in
+    ``run.start_events``, for a live stream to send without reading them back.
     """
     for _ in range(_START_ATTEMPTS):
         try:
@@ -201,7 +202,7 @@ def _insert_run(
             run.status = RunStatus.IN_PROGRESS
             run.started_at = now
             items.append(("run.in_progress", run_document(run)))
-        _append_events(run, items)
+        run.start_events = _append_events(run, items)
         run.save(force_insert=True)
         if conversation.title == DEFAULT_CONVERSATION_TITLE:
             title = title_from_text(input)
