@@ -232,8 +232,9 @@ REST_FRAMEWORK = {
 
 JWT_ACCESS_TOKEN_MINUTES = env_int("JWT_ACCESS_TOKEN_MINUTES", 15)
 JWT_REFRESH_TOKEN_DAYS = env_int("JWT_REFRESH_TOKEN_DAYS", 7)
-# How long each process may reuse a token's user row (accounts/authentication.py).
-AUTH_USER_CACHE_SECONDS = env_int("AUTH_USER_CACHE_SECONDS", 5)
+# How long each process may reuse a verified token and a token's user row
+# (accounts/authentication.py); 0 turns that off.
+AUTH_CACHE_SECONDS = env_int("AUTH_CACHE_SECONDS", 5)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=JWT_ACCESS_TOKEN_MINUTES),

@@ -3,7 +3,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from accounts.authentication import user_cache
+from accounts.authentication import token_cache, user_cache
 from accounts.models import User
 from conversations.models import Conversation, Thread
 
@@ -18,19 +18,19 @@ def _fast_password_hasher(settings):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    # Throttle counters live in the cache, users in the authentication's own
-    # cache; no test inherits another's.
-    cache.clear()
-    user_cache.clear()
+    # Throttle counters live in the cache, tokens and users in the
+    # authentication's own; no test inherits another's.
+    for each in (cache, token_cache, user_cache):
+        each.clear()
     yield
-    cache.clear()
-    user_cache.clear()
+    for each in (cache, token_cache, user_cache):
+        each.clear()
 
 
 @pytest.fixture
-def cold_user_cache(settings):
+def cold_auth_cache(settings):
     """Every request loads its user, as a process's first one does: for pinned query counts."""
-    settings.AUTH_USER_CACHE_SECONDS = 0
+    settings.AUTH_CACHE_SECONDS = 0
 
 
 def make_user(username: str) -> User:

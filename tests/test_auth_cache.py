@@ -1,11 +1,19 @@
-"""The token's user is cached per process for AUTH_USER_CACHE_SECONDS, never past a change here."""
+"""Verified tokens and their users are cached per process for AUTH_CACHE_SECONDS."""
+
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+from rest_framework_simplejwt import tokens
+from rest_framework_simplejwt import utils as jwt_utils
+from rest_framework_simplejwt.backends import TokenBackend
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+from rest_framework_simplejwt.utils import aware_utcnow
 
 from accounts import authentication
-from accounts.authentication import UserCache, user_cache
+from accounts.authentication import TTLCache, token_cache, user_cache
 from accounts.models import User
 from conversations.models import Conversation
 from tests.conftest import client_for, make_user
@@ -68,7 +76,7 @@ def test_deleting_a_user_is_seen_by_the_next_request(api, owner):
 
 
 def test_a_change_made_elsewhere_is_seen_once_the_entry_expires(api, owner, settings, clock):
-    settings.AUTH_USER_CACHE_SECONDS = 5
+    settings.AUTH_CACHE_SECONDS = 5
     assert api.get(ME).status_code == 200
     # No signal: as when another process (or plain SQL) deactivates the user.
     User.objects.filter(pk=owner.pk).update(is_active=False)
@@ -80,7 +88,7 @@ def test_a_change_made_elsewhere_is_seen_once_the_entry_expires(api, owner, sett
 
 
 def test_zero_seconds_turns_the_cache_off(api, owner, settings):
-    settings.AUTH_USER_CACHE_SECONDS = 0
+    settings.AUTH_CACHE_SECONDS = 0
     assert api.get(ME).status_code == 200
 
     User.objects.filter(pk=owner.pk).update(is_active=False)
@@ -99,7 +107,7 @@ def test_a_cached_user_is_checked_on_every_request(api, owner):
 
 
 def test_a_request_changing_its_user_does_not_change_the_cache(clock):
-    cache = UserCache()
+    cache = TTLCache()
     user = User(username="first")
     cache.put("k", user, ttl=5)
 
@@ -111,8 +119,8 @@ def test_a_request_changing_its_user_does_not_change_the_cache(clock):
 
 
 def test_the_cache_starts_afresh_when_full(monkeypatch, clock):
-    monkeypatch.setattr(authentication, "MAX_CACHED_USERS", 3)
-    cache = UserCache()
+    monkeypatch.setattr(authentication, "MAX_CACHED", 3)
+    cache = TTLCache()
     for n in range(3):
         cache.put(str(n), User(username=f"u{n}"), ttl=5)
     cache.put("3", User(username="u3"), ttl=5)
@@ -145,3 +153,62 @@ def test_a_user_deleted_by_another_process_gets_401_and_nothing_is_stored(owner)
     assert response.status_code == 401, response.content
     assert response.json()["error"]["code"] == "AUTHENTICATION_FAILED"
     assert fetch_rows(Conversation) == []
+
+
+@pytest.fixture
+def verifications(monkeypatch):
+    """How many times a token's signature was checked."""
+    calls = []
+    decode = TokenBackend.decode
+
+    def counting(self, token, verify=True):
+        calls.append(token)
+        return decode(self, token, verify)
+
+    monkeypatch.setattr(TokenBackend, "decode", counting)
+    return calls
+
+
+def test_a_token_is_verified_once_then_reused(api, verifications):
+    for _ in range(3):
+        assert api.get(ME).status_code == 200
+
+    assert len(verifications) == 1
+
+
+def test_a_cached_token_still_expires(owner, verifications, monkeypatch):
+    token = AccessToken.for_user(owner)
+    token.set_exp(lifetime=timedelta(minutes=1))
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get(ME).status_code == 200
+    later = aware_utcnow() + timedelta(minutes=2)
+    monkeypatch.setattr(tokens, "aware_utcnow", lambda: later)
+    monkeypatch.setattr(jwt_utils, "aware_utcnow", lambda: later)
+
+    response = api.get(ME)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "AUTHENTICATION_FAILED"
+    assert token_cache.get(str(token).encode()) is None
+
+
+def test_a_tampered_copy_of_a_cached_token_is_refused(api, owner):
+    token = str(RefreshToken.for_user(owner).access_token)
+    good = APIClient()
+    good.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert good.get(ME).status_code == 200
+    last = "A" if token[-1] != "A" else "B"
+    tampered = APIClient()
+    tampered.credentials(HTTP_AUTHORIZATION=f"Bearer {token[:-1]}{last}")
+
+    assert tampered.get(ME).status_code == 401
+    assert good.get(ME).status_code == 200
+
+
+def test_zero_seconds_verifies_every_token(api, settings, verifications):
+    settings.AUTH_CACHE_SECONDS = 0
+    for _ in range(3):
+        assert api.get(ME).status_code == 200
+
+    assert len(verifications) == 3

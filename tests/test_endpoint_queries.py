@@ -17,7 +17,7 @@ from conversations.models import Conversation, Message, Run, RunEvent, Thread
 from tests.conftest import PASSWORD
 
 # Counted with the token's user looked up (no cached user): the cold cost.
-pytestmark = pytest.mark.usefixtures("cold_user_cache")
+pytestmark = pytest.mark.usefixtures("cold_auth_cache")
 
 SESSIONS = "/api/v1/chatkit/sessions"
 

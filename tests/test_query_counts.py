@@ -11,7 +11,7 @@ from django.db import connection
 from conversations.models import Conversation, Thread
 
 # Counted with the token's user looked up (no cached user): the cold cost.
-pytestmark = pytest.mark.usefixtures("cold_user_cache")
+pytestmark = pytest.mark.usefixtures("cold_auth_cache")
 
 SESSIONS = "/api/v1/chatkit/sessions"
 

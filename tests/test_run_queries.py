@@ -9,7 +9,7 @@ import pytest
 from conversations.models import Conversation, Thread
 
 # Counted with the token's user looked up (no cached user): the cold cost.
-pytestmark = pytest.mark.usefixtures("cold_user_cache")
+pytestmark = pytest.mark.usefixtures("cold_auth_cache")
 
 
 @pytest.fixture
