@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from . import statements
 from .documents import message_document, run_document
 from .errors import ObjectNotFound, RunInProgress, RunNotActive
 from .llm import ChatMessage, Completion, Delta, Provider, ProviderError
@@ -84,19 +85,25 @@ def _expand(rows: Iterable[RunEvent]) -> Iterator[Event]:
             yield Event(row.seq, row.event, row.data)
 
 
-def _append_events(run: Run, items: list[tuple[str, Any]]) -> list[Event]:
-    """Store events after ``run.last_event_seq``; the caller saves that field.
-
-    Call inside a transaction that holds the run's lock (or created the run).
-    """
+def _event_rows(run: Run, items: list[tuple[str, Any]]) -> list[RunEvent]:
+    """Rows for events after ``run.last_event_seq``, which moves past them."""
     rows = []
     seq = run.last_event_seq
     for name, data in items:
         count = len(data["deltas"]) if name == DELTA else 1
         rows.append(RunEvent(run=run, seq=seq + 1, last_seq=seq + count, event=name, data=data))
         seq += count
-    RunEvent.objects.bulk_create(rows)
     run.last_event_seq = seq
+    return rows
+
+
+def _append_events(run: Run, items: list[tuple[str, Any]]) -> list[Event]:
+    """Store events after ``run.last_event_seq``; the caller saves that field.
+
+    Call inside a transaction that holds the run's lock (or created the run).
+    """
+    rows = _event_rows(run, items)
+    RunEvent.objects.bulk_create(rows)
     return list(_expand(rows))
 
 
@@ -192,28 +199,46 @@ def _insert_run(
         thread=thread, run_id=run.id, role=MessageRole.USER, content=input, created_at=now
     )
     run.input_message = message
+    items = [("run.created", run_document(run)), ("message.created", message_document(message))]
+    if not queued:
+        run.status = RunStatus.IN_PROGRESS
+        run.started_at = now
+        items.append(("run.in_progress", run_document(run)))
+    events = _event_rows(run, items)
     conversation = thread.conversation
-    with transaction.atomic(durable=True):
-        # The foreign keys are deferred, so the message and the events may
-        # point at the run that is inserted after them.
-        message.save(force_insert=True)
-        items = [("run.created", run_document(run)), ("message.created", message_document(message))]
-        if not queued:
-            run.status = RunStatus.IN_PROGRESS
-            run.started_at = now
-            items.append(("run.in_progress", run_document(run)))
-        run.start_events = _append_events(run, items)
-        run.save(force_insert=True)
-        if conversation.title == DEFAULT_CONVERSATION_TITLE:
-            title = title_from_text(input)
-            renamed = Conversation.objects.filter(
-                pk=conversation.pk, title=DEFAULT_CONVERSATION_TITLE
-            ).update(title=title, updated_at=now)
-            if renamed:
-                conversation.title = title
-        if on_commit is not None:
-            # robust: a failed hand-over is logged, and the reaper ends the run.
-            transaction.on_commit(lambda: on_commit(run), robust=True)
+    title = title_from_text(input)
+    rename = conversation.title == DEFAULT_CONVERSATION_TITLE
+    # The foreign keys are deferred, so the message and the events may point
+    # at the run that is inserted after them.
+    if connection.vendor == "postgresql":
+        writes = [statements.insert([message]), statements.insert(events), statements.insert([run])]
+        if rename:
+            writes.append(
+                (
+                    f"UPDATE {Conversation._meta.db_table} SET title = %s, updated_at = %s "  # noqa: S608
+                    "WHERE id = %s AND title = %s",
+                    [title, now, conversation.pk, DEFAULT_CONVERSATION_TITLE],
+                )
+            )
+        renamed = statements.execute_together(writes) == 1 and rename
+    else:
+        with transaction.atomic(durable=True):
+            message.save(force_insert=True)
+            RunEvent.objects.bulk_create(events)
+            run.save(force_insert=True)
+            renamed = rename and (
+                Conversation.objects.filter(
+                    pk=conversation.pk, title=DEFAULT_CONVERSATION_TITLE
+                ).update(title=title, updated_at=now)
+            )
+    if renamed:
+        conversation.title = title
+    run.start_events = list(_expand(events))
+    if on_commit is not None:
+        # Runs at once, the run being committed; inside a test's transaction,
+        # when that commits. robust: a failed hand-over is logged, and the
+        # reaper ends the run.
+        transaction.on_commit(lambda: on_commit(run), robust=True)
     return run
 
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
+from . import statements
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
 from .models import Conversation, Thread
 
@@ -70,34 +71,25 @@ def conversation_create(
 def _insert_within_quota(conversation: Conversation, limit: int) -> bool:
     """Insert ``conversation`` unless its owner has ``limit`` sessions; one round trip.
 
-    Two statements sent together run as one implicit transaction, committed
-    when this returns. The first locks the owner's row, so that concurrent
-    creates for one user queue there; the second counts and inserts. The
-    count must be its own statement: one riding along in the locking SELECT
-    would read the snapshot taken before the lock was granted, and miss the
-    inserts it waited for. Returns whether the row was inserted.
+    The first statement locks the owner's row, so that concurrent creates
+    for one user queue there; the second counts and inserts. The count must
+    be its own statement: one riding along in the locking SELECT would read
+    the snapshot taken before the lock was granted, and miss the inserts it
+    waited for. Returns whether the row was inserted.
     """
-    with transaction.atomic(durable=True, savepoint=False):
-        # Only the durability check: inside another transaction this raises,
-        # as the insert would not be committed on return. Sends nothing.
-        pass
-    fields = Conversation._meta.concrete_fields
-    values = [f.get_db_prep_save(f.pre_save(conversation, add=True), connection) for f in fields]
+    insert_sql, values = statements.insert([conversation])
     table = Conversation._meta.db_table
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    # Table and column names come from the models; values are parameters.
-    sql = (
-        f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE; "  # noqa: S608
-        f"INSERT INTO {table} ({columns}) SELECT {placeholders} "
-        f"WHERE (SELECT count(*) FROM {table} WHERE user_id = %s) < %s"
+    # An INSERT ... VALUES (...) made into INSERT ... SELECT ... WHERE under the quota.
+    columns, _ = insert_sql.split(" VALUES ", 1)
+    placeholders = ", ".join(["%s"] * len(values))
+    lock = f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE"  # noqa: S608
+    under_quota = f"WHERE (SELECT count(*) FROM {table} WHERE user_id = %s) < %s"  # noqa: S608
+    guarded = f"{columns} SELECT {placeholders} {under_quota}"
+    user_id = conversation.user_id
+    inserted = statements.execute_together(
+        [(lock, [user_id]), (guarded, [*values, user_id, limit])]
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [conversation.user_id, *values, conversation.user_id, limit])
-        cursor.nextset()
-        inserted = cursor.rowcount == 1
-    conversation._state.adding = False
-    return inserted
+    return inserted == 1
 
 
 def conversation_update(
