@@ -462,6 +462,20 @@ def _finish(
         return _end(run, status=status, text=text, completion=completion, error=error, items=items)
 
 
+_END_FIELDS = (
+    "status",
+    "output_message",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "completed_at",
+    "heartbeat_at",
+    "last_event_seq",
+)
+
+
 def _end(
     run: Run,
     *,
@@ -474,9 +488,10 @@ def _end(
     """Store the final state of a locked run: the reply (if any) and its status."""
     now = timezone.now()
     items = items or []
+    reply = None
     if text:
         finished = status == RunStatus.COMPLETED and (completion is None or completion.finished)
-        run.output_message = Message.objects.create(
+        reply = Message(
             id=run.reply_message_id,
             thread_id=run.thread_id,
             run=run,
@@ -486,7 +501,8 @@ def _end(
             metadata=completion.metadata if completion else {},
             created_at=now,
         )
-        items.append(("message.completed", message_document(run.output_message)))
+        run.output_message = reply
+        items.append(("message.completed", message_document(reply)))
     run.status = status
     if error is not None:
         run.error_code, run.error_message = error
@@ -497,22 +513,19 @@ def _end(
     run.completed_at = now
     run.heartbeat_at = now
     items.append((f"run.{status}", run_document(run)))
-    events = _append_events(run, items)
-    run.save(
-        update_fields=[
-            "status",
-            "output_message",
-            "error_code",
-            "error_message",
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "completed_at",
-            "heartbeat_at",
-            "last_event_seq",
-        ]
-    )
-    return events
+    rows = _event_rows(run, items)
+    if connection.vendor == "postgresql":
+        # The reply, the events and the run's new state in one round trip.
+        writes = [statements.insert(rows), statements.update(run, _END_FIELDS)]
+        if reply is not None:
+            writes.insert(0, statements.insert([reply]))
+        statements.send(writes)
+    else:
+        if reply is not None:
+            reply.save(force_insert=True)
+        RunEvent.objects.bulk_create(rows)
+        run.save(update_fields=_END_FIELDS)
+    return list(_expand(rows))
 
 
 # Ending from outside --------------------------------------------------------

@@ -34,6 +34,34 @@ def insert(objs: Sequence[models.Model]) -> Statement:
     return sql, params
 
 
+def update(obj: models.Model, field_names: Sequence[str]) -> Statement:
+    """UPDATE ``obj``'s row with the named fields, valued as ``save(update_fields=...)`` would."""
+    meta = obj._meta
+    fields = [meta.get_field(name) for name in field_names]
+    assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, add=False), connection) for field in fields
+    ]
+    pk = meta.pk
+    # Table and column names come from the model; values are parameters.
+    sql = f"UPDATE {meta.db_table} SET {assignments} WHERE {pk.column} = %s"  # noqa: S608
+    return sql, [*params, pk.get_db_prep_value(obj.pk, connection)]
+
+
+def send(statements: Sequence[Statement]) -> int:
+    """Run ``statements`` in one round trip, in the caller's transaction.
+
+    Returns the last statement's row count.
+    """
+    sql = "; ".join(statement for statement, _ in statements)
+    params = [param for _, statement_params in statements for param in statement_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while cursor.nextset():
+            pass
+        return cursor.rowcount
+
+
 def execute_together(statements: Sequence[Statement]) -> int:
     """Run ``statements`` in one round trip, committed on return; the last one's row count.
 
@@ -41,11 +69,6 @@ def execute_together(statements: Sequence[Statement]) -> int:
     return; inside a test's transaction it runs in a savepoint, so that a
     failed statement leaves the test's transaction usable.
     """
-    sql = "; ".join(statement for statement, _ in statements)
-    params = [param for _, statement_params in statements for param in statement_params]
     scope = transaction.atomic(durable=True) if connection.in_atomic_block else nullcontext()
-    with scope, connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        while cursor.nextset():
-            pass
-        return cursor.rowcount
+    with scope:
+        return send(statements)
