@@ -55,7 +55,9 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
     def carry_out() -> None:
         request_id_var.set(request_id)
         try:
-            for event in runs.run_execute(run=run, provider=provider, stream=True):
+            for event in runs.run_execute(
+                run=run, provider=provider, stream=True, messages=messages
+            ):
                 events.put(event)
         except Exception:
             # A bug, not a provider failure (those end the run as failed):
@@ -65,6 +67,8 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             connection.close()
             events.put(_END)
 
+    # Read with the request's connection, before it goes back to the pool.
+    messages = runs.run_context(run=run)
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()

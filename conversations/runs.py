@@ -11,7 +11,6 @@ Every change of a run after its creation happens under the run row's lock
 both end one run: whoever comes second sees it ended and backs off.
 """
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -75,12 +75,16 @@ def title_from_text(text: str) -> str:
 # Events ---------------------------------------------------------------------
 
 
+def _deltas(message_id: str, first_seq: int, pieces: list[str]) -> Iterator[Event]:
+    """The events of one stored batch of pieces: one per piece, numbered from ``first_seq``."""
+    for offset, piece in enumerate(pieces):
+        yield Event(first_seq + offset, DELTA, {"message_id": message_id, "delta": piece})
+
+
 def _expand(rows: Iterable[RunEvent]) -> Iterator[Event]:
     for row in rows:
         if row.event == DELTA:
-            message_id = row.data["message_id"]
-            for offset, piece in enumerate(row.data["deltas"]):
-                yield Event(row.seq + offset, DELTA, {"message_id": message_id, "delta": piece})
+            yield from _deltas(row.data["message_id"], row.seq, row.data["deltas"])
         else:
             yield Event(row.seq, row.event, row.data)
 
@@ -317,7 +321,13 @@ def _as_stream(provider: Provider, messages: list[ChatMessage]) -> Iterator[Delt
     yield completion
 
 
-def run_execute(*, run: Run, provider: Provider, stream: bool = True) -> Iterator[Event]:
+def run_execute(
+    *,
+    run: Run,
+    provider: Provider,
+    stream: bool = True,
+    messages: list[ChatMessage] | None = None,
+) -> Iterator[Event]:
     """Carry out an ``in_progress`` run; yield its events as they are stored.
 
     Streamed pieces are stored in batches (at most one write per
@@ -325,9 +335,11 @@ def run_execute(*, run: Run, provider: Provider, stream: bool = True) -> Iterato
     that nobody ended the run meanwhile (cancel, reaper): if somebody did,
     the provider is dropped at once and the events they stored follow.
     Provider failures end the run as ``failed``; they are expected
-    conditions, logged with their stack trace, never raised.
+    conditions, logged with their stack trace, never raised. ``messages`` is
+    the run's context when the caller has read it already.
     """
-    messages = run_context(run=run)
+    if messages is None:
+        messages = run_context(run=run)
     release_connection()
     flush_interval = settings.STREAM_FLUSH_MS / 1000
     # Without streaming nobody waits for the first piece: store it with the end.
@@ -406,7 +418,7 @@ def _store_deltas(run: Run, pending: list[str]) -> list[Event] | None:
                 "(run_id, seq, last_seq, event, data, created_at) "
                 "SELECT %s, last_event_seq - %s + 1, last_event_seq, %s, %s::jsonb, %s "
                 "FROM claimed RETURNING last_seq",
-                [*claim_params, run.pk, count, DELTA, json.dumps(data), now],
+                [*claim_params, run.pk, count, DELTA, orjson.dumps(data).decode(), now],
             )
             row = cursor.fetchone()
     else:
@@ -425,8 +437,7 @@ def _store_deltas(run: Run, pending: list[str]) -> list[Event] | None:
     last_seq = row[0]
     run.last_event_seq = last_seq
     run.heartbeat_at = now
-    rows = [RunEvent(run=run, seq=last_seq - count + 1, last_seq=last_seq, event=DELTA, data=data)]
-    return list(_expand(rows))
+    return list(_deltas(data["message_id"], last_seq - count + 1, data["deltas"]))
 
 
 def _finish(
