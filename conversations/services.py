@@ -55,7 +55,7 @@ def conversation_create(
             # SQLite takes the write lock at BEGIN (IMMEDIATE, see settings),
             # so concurrent creates queue there before they count.
             with transaction.atomic(durable=True):
-                created = Conversation.objects.filter(user=user).count() < limit
+                created = Conversation.objects.filter(user=user)[:limit].count() < limit
                 if created:
                     conversation.save(force_insert=True)
     except IntegrityError:
@@ -83,11 +83,13 @@ def _insert_within_quota(conversation: Conversation, limit: int) -> bool:
     columns, _ = insert_sql.split(" VALUES ", 1)
     placeholders = ", ".join(["%s"] * len(values))
     lock = f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE"  # noqa: S608
-    under_quota = f"WHERE (SELECT count(*) FROM {table} WHERE user_id = %s) < %s"  # noqa: S608
+    # Counting stops at the limit: a user far past a lowered limit costs no more.
+    owned = f"SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s"  # noqa: S608
+    under_quota = f"WHERE (SELECT count(*) FROM ({owned}) AS owned) < %s"  # noqa: S608
     guarded = f"{columns} SELECT {placeholders} {under_quota}"
     user_id = conversation.user_id
     inserted = statements.execute_together(
-        [(lock, [user_id]), (guarded, [*values, user_id, limit])]
+        [(lock, [user_id]), (guarded, [*values, user_id, limit, limit])]
     )
     return inserted == 1
 
