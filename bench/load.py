@@ -119,15 +119,19 @@ def main() -> None:
 
     env = {"BENCH_BARE_VIEWS": "1"}
     with running_stack(args.port, env, worker=False):
+        # Separate users for the API and the bare view, each with 20 sessions:
+        # the rows the bare view inserts must not swell the API's quota count.
         tokens, users, run_urls = [], [], []
         for _ in range(args.connections):
             token = new_user(args.port)
             tokens.append(token)
-            _, me = request(args.port, "GET", "/api/v1/auth/me", token=token)
-            users.append(me["data"]["id"])
             run_urls.extend(new_threads(args.port, token, 1))
-            for _ in range(20):
-                request(args.port, "POST", "/api/v1/chatkit/sessions", {"title": "seed"}, token)
+            bare_token = new_user(args.port)
+            _, me = request(args.port, "GET", "/api/v1/auth/me", token=bare_token)
+            users.append(me["data"]["id"])
+            for each in (token, bare_token):
+                for _ in range(20):
+                    request(args.port, "POST", "/api/v1/chatkit/sessions", {"title": "seed"}, each)
 
         api = [("/api/v1/chatkit/sessions", {"Authorization": f"Bearer {t}"}) for t in tokens]
         bare = [("/bench/sessions", {"X-Bench-User": u}) for u in users]
