@@ -8,10 +8,10 @@ normally, before ``first_id`` when paging with ``before`` alone.
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import DateTimeField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
@@ -19,6 +19,7 @@ from rest_framework.response import Response
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+_NO_SUCH_ITEM = "No item with this id in the list."
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,20 @@ class PageParams:
     before: Any
 
 
-def _beyond(cursor_time: datetime, cursor_id: uuid.UUID, descending: bool) -> Q:
+def _beyond(queryset: QuerySet, cursor_id: uuid.UUID, descending: bool) -> Q:
     """Rows that come after the cursor item in the chosen order.
 
-    The first term bounds an index range scan on (created_at, id); the
-    second drops the ties up to and including the cursor itself.
+    The cursor's timestamp is a subquery of the page's own query, so a page
+    after a cursor is one query like the first. The first term bounds an
+    index range scan on (created_at, id); the second drops the ties up to
+    and including the cursor itself. A cursor missing from the list makes
+    the subquery NULL, and the page empty.
     """
+    # Compiled once by Django from the list's own queryset (values stay
+    # parameters), used twice.
+    subquery = queryset.filter(pk=cursor_id).values("created_at")[:1].query
+    sql, params = subquery.get_compiler(using=queryset.db).as_sql()
+    cursor_time = RawSQL(f"({sql})", params, output_field=DateTimeField())  # noqa: S611
     op = "lt" if descending else "gt"
     return Q(**{f"created_at__{op}e": cursor_time}) & (
         Q(**{f"created_at__{op}": cursor_time}) | Q(**{f"id__{op}": cursor_id})
@@ -51,12 +60,13 @@ class KeysetPagination(BasePagination):
         backwards = ("created_at", "id") if descending else ("-created_at", "-id")
 
         page_query = queryset
+        cursors = {}
         if params.after is not None:
-            cursor = self._cursor(queryset, params.after, "after")
-            page_query = page_query.filter(_beyond(*cursor, descending))
+            cursors["after"] = cursor = self._cursor(queryset, params.after, "after")
+            page_query = page_query.filter(_beyond(queryset, cursor, descending))
         if params.before is not None:
-            cursor = self._cursor(queryset, params.before, "before")
-            page_query = page_query.filter(_beyond(*cursor, not descending))
+            cursors["before"] = cursor = self._cursor(queryset, params.before, "before")
+            page_query = page_query.filter(_beyond(queryset, cursor, not descending))
 
         if params.before is not None and params.after is None:
             # Walk backwards from the cursor, then restore the chosen order.
@@ -67,6 +77,11 @@ class KeysetPagination(BasePagination):
             rows = list(page_query.order_by(*ordering)[: params.limit + 1])
             self.has_more = len(rows) > params.limit
             self.page = rows[: params.limit]
+        if not rows:
+            # A cursor missing from the list also gives no rows: tell the two apart.
+            for name, cursor_id in cursors.items():
+                if not queryset.filter(pk=cursor_id).exists():
+                    raise ValidationError({name: [_NO_SUCH_ITEM]})
         return self.page
 
     def get_paginated_response(self, data: list) -> Response:
@@ -113,17 +128,11 @@ class KeysetPagination(BasePagination):
         )
 
     @staticmethod
-    def _cursor(queryset: QuerySet, raw: str, name: str) -> tuple[datetime, uuid.UUID]:
-        """The cursor item's timestamp and id; 400 unless it is in this list."""
+    def _cursor(queryset: QuerySet, raw: str, name: str) -> uuid.UUID:
         try:
-            cursor_id = uuid.UUID(raw)
+            return uuid.UUID(raw)
         except ValueError:
-            found = []
-        else:
-            found = list(queryset.filter(pk=cursor_id).values_list("created_at", flat=True)[:1])
-        if not found:
-            raise ValidationError({name: ["No item with this id in the list."]})
-        return found[0], cursor_id
+            raise ValidationError({name: [_NO_SUCH_ITEM]}) from None
 
     def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:
         default_order = getattr(view, "default_order", "desc")

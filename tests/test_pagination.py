@@ -1,5 +1,6 @@
 """Keyset paging of sessions and threads: limit, order, after, before, has_more."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -178,3 +179,23 @@ def test_item_created_between_pages_neither_shifts_nor_repeats(api, owner):
 
     assert first + second == expected
     assert str(newest.pk) not in first + second
+
+
+@pytest.mark.parametrize("cursor", ["after", "before"])
+@pytest.mark.parametrize("value", [str(uuid.uuid4()), "not-a-uuid", ""])
+def test_a_cursor_not_in_the_list_is_400(api, listing, cursor, value):
+    url, _ = listing
+
+    response = api.get(url, {cursor: value})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["details"] == {cursor: ["No item with this id in the list."]}
+
+
+def test_one_good_and_one_missing_cursor_is_400_naming_the_missing_one(api, listing):
+    url, expected = listing
+
+    response = api.get(url, {"after": expected[3], "before": str(uuid.uuid4())})
+
+    assert response.status_code == 400, response.content
+    assert list(response.json()["error"]["details"]) == ["before"]
