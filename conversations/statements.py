@@ -3,7 +3,9 @@
 Statements sent together in one simple query run as one implicit
 transaction: all are committed when the call returns, or none is. That
 saves the round trips of BEGIN, of each statement and of COMMIT, and the
-ORM's work of building each statement.
+ORM's work of building each statement. It needs client-side parameter
+binding, Django's default with psycopg 3 (the extended protocol of
+server-side binding takes one statement at a time).
 """
 
 from collections.abc import Sequence
@@ -16,7 +18,11 @@ Statement = tuple[str, list[Any]]
 
 
 def insert(objs: Sequence[models.Model]) -> Statement:
-    """INSERT ``objs`` (of one model), valued as ``save()`` would; auto ids left to the database."""
+    """INSERT ``objs`` (of one model), valued as ``save()`` would; auto ids left to the database.
+
+    The objects count as saved from here on: callers drop them if the
+    statement fails.
+    """
     meta = objs[0]._meta
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field and not f.generated]
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"

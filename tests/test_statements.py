@@ -1,0 +1,61 @@
+"""Writes sent together in one round trip: committed together, or not at all."""
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from conversations import statements
+from conversations.models import Conversation
+from tests.conftest import make_user
+from tests.db import count_rows, fetch_row
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="statements are sent together on PostgreSQL only"
+)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_sent_together_are_committed_on_return():
+    owner = make_user("owner")
+    first, second = Conversation(user=owner, title="one"), Conversation(user=owner, title="two")
+
+    statements.execute_together([statements.insert([first]), statements.insert([second])])
+
+    assert fetch_row(Conversation, first.pk)["title"] == "one"
+    assert fetch_row(Conversation, second.pk)["title"] == "two"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_statement_undoes_the_ones_before_it():
+    owner = make_user("owner")
+    kept = Conversation.objects.create(user=owner, title="kept")
+    new = Conversation(user=owner, title="new")
+    duplicate = Conversation(id=kept.pk, user=owner, title="duplicate")
+
+    with pytest.raises(IntegrityError):
+        statements.execute_together([statements.insert([new]), statements.insert([duplicate])])
+
+    assert count_rows(Conversation, user=owner.pk) == 1
+    assert fetch_row(Conversation, kept.pk)["title"] == "kept"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refused_inside_a_transaction_that_would_delay_the_commit():
+    owner = make_user("owner")
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        statements.execute_together([statements.insert([Conversation(user=owner)])])
+
+    assert count_rows(Conversation, user=owner.pk) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_writes_only_the_named_fields():
+    owner = make_user("owner")
+    conversation = Conversation.objects.create(user=owner, title="old", instructions="keep")
+    conversation.title = "new"
+    conversation.instructions = "not saved"
+
+    statements.execute_together([statements.update(conversation, ["title"])])
+
+    row = fetch_row(Conversation, conversation.pk)
+    assert (row["title"], row["instructions"]) == ("new", "keep")
