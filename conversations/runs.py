@@ -210,8 +210,8 @@ def _insert_run(
         items.append(("run.in_progress", run_document(run)))
     events = _event_rows(run, items)
     conversation = thread.conversation
-    title = title_from_text(input)
     rename = conversation.title == DEFAULT_CONVERSATION_TITLE
+    title = title_from_text(input) if rename else ""
     # The foreign keys are deferred, so the message and the events may point
     # at the run that is inserted after them.
     if connection.vendor == "postgresql":

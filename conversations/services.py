@@ -77,20 +77,14 @@ def _insert_within_quota(conversation: Conversation, limit: int) -> bool:
     the snapshot taken before the lock was granted, and miss the inserts it
     waited for. Returns whether the row was inserted.
     """
-    insert_sql, values = statements.insert([conversation])
     table = Conversation._meta.db_table
-    # An INSERT ... VALUES (...) made into INSERT ... SELECT ... WHERE under the quota.
-    columns, _ = insert_sql.split(" VALUES ", 1)
-    placeholders = ", ".join(["%s"] * len(values))
     lock = f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE"  # noqa: S608
     # Counting stops at the limit: a user far past a lowered limit costs no more.
     owned = f"SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s"  # noqa: S608
-    under_quota = f"WHERE (SELECT count(*) FROM ({owned}) AS owned) < %s"  # noqa: S608
-    guarded = f"{columns} SELECT {placeholders} {under_quota}"
+    under_quota = f"(SELECT count(*) FROM ({owned}) AS owned) < %s"  # noqa: S608
     user_id = conversation.user_id
-    inserted = statements.execute_together(
-        [(lock, [user_id]), (guarded, [*values, user_id, limit, limit])]
-    )
+    guarded = statements.insert([conversation], where=(under_quota, [user_id, limit, limit]))
+    inserted = statements.execute_together([(lock, [user_id]), guarded])
     return inserted == 1
 
 

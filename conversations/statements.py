@@ -17,15 +17,16 @@ from django.db import connection, models, transaction
 Statement = tuple[str, list[Any]]
 
 
-def insert(objs: Sequence[models.Model]) -> Statement:
+def insert(objs: Sequence[models.Model], where: Statement | None = None) -> Statement:
     """INSERT ``objs`` (of one model), valued as ``save()`` would; auto ids left to the database.
 
-    The objects count as saved from here on: callers drop them if the
-    statement fails.
+    With ``where`` (a condition and its parameters), for one object, the row
+    is inserted only if it holds: INSERT ... SELECT ... WHERE. The objects count as
+    saved from here on: callers drop them if nothing was inserted.
     """
     meta = objs[0]._meta
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field and not f.generated]
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    row = ", ".join(["%s"] * len(fields))
     params = [
         field.get_db_prep_save(field.pre_save(obj, add=True), connection)
         for obj in objs
@@ -33,7 +34,14 @@ def insert(objs: Sequence[models.Model]) -> Statement:
     ]
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     # Table and column names come from the model; values are parameters.
-    sql = f"INSERT INTO {meta.db_table} ({columns}) VALUES {', '.join([row] * len(objs))}"  # noqa: S608
+    sql = f"INSERT INTO {meta.db_table} ({columns}) "
+    if where is None:
+        sql += "VALUES " + ", ".join([f"({row})"] * len(objs))
+    else:
+        assert len(objs) == 1, "a conditional insert takes one object"
+        condition, condition_params = where
+        sql += f"SELECT {row} WHERE {condition}"
+        params += condition_params
     for obj in objs:
         obj._state.adding = False
         obj._state.db = connection.alias
