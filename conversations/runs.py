@@ -20,12 +20,13 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import statements
 from .documents import message_document, run_document
 from .errors import ObjectNotFound, RunInProgress, RunNotActive
+from .grouping import Grouped
 from .llm import ChatMessage, Completion, Delta, Provider, ProviderError
 from .models import (
     ACTIVE_RUN_STATUSES,
@@ -355,7 +356,7 @@ def run_execute(
                 continue
             pieces.append(item.text)
             pending.append(item.text)
-            if time.monotonic() - last_flush < flush_interval:
+            if not _flush_due(last_flush, time.monotonic(), flush_interval):
                 continue
             stored = _store_deltas(run, pending)
             if stored is None:
@@ -391,53 +392,126 @@ def run_execute(
     yield from final
 
 
+def _flush_due(last: float, now: float, interval: float) -> bool:
+    """Whether a new tick of the process-wide flush clock began since ``last``.
+
+    Every stream of a process flushes on the same clock, so their batches
+    reach ``_delta_writer`` together and are stored in a few big groups
+    rather than in many small ones.
+    """
+    return not interval or now // interval > last // interval
+
+
+@dataclass(frozen=True)
+class _DeltaBatch:
+    """Pieces of one run to store as one event row."""
+
+    run_id: Any
+    message_id: str
+    deltas: list[str]
+
+
 def _store_deltas(run: Run, pending: list[str]) -> list[Event] | None:
     """Store a batch of pieces and renew the lease; None if the run was ended.
 
-    The hottest write of a stream, so one statement: the UPDATE takes the
-    run's row lock (ordering it against cancel and the reaper), renews the
-    heartbeat, reserves the batch's sequence numbers, and feeds the INSERT.
-    SQLite cannot UPDATE inside a WITH, so there it is two statements in one
-    transaction.
+    Inside a transaction (tests) the batch is part of it; otherwise it is
+    stored together with the batches other runs of this process have ready
+    (``_delta_writer``): one round trip for all of them.
     """
-    count = len(pending)
-    now = timezone.now()
-    data = {"message_id": str(run.reply_message_id), "deltas": list(pending)}
-    # Table names come from the models, values are parameters.
-    claim = (
-        f"UPDATE {Run._meta.db_table} SET last_event_seq = last_event_seq + %s, "  # noqa: S608
-        "heartbeat_at = %s "
-        "WHERE id = %s AND status = %s RETURNING last_event_seq"
-    )
-    claim_params = [count, now, run.pk, RunStatus.IN_PROGRESS]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH claimed AS ({claim}) "  # noqa: S608
-                f"INSERT INTO {RunEvent._meta.db_table} "
-                "(run_id, seq, last_seq, event, data, created_at) "
-                "SELECT %s, last_event_seq - %s + 1, last_event_seq, %s, %s::jsonb, %s "
-                "FROM claimed RETURNING last_seq",
-                [*claim_params, run.pk, count, DELTA, orjson.dumps(data).decode(), now],
-            )
-            row = cursor.fetchone()
+    batch = _DeltaBatch(run.pk, str(run.reply_message_id), list(pending))
+    if connection.in_atomic_block:
+        last_seq = _write_delta_batches([batch])[0]
     else:
-        with transaction.atomic(durable=True), connection.cursor() as cursor:
-            stamp = connection.ops.adapt_datetimefield_value(now)
-            cursor.execute(claim, [count, stamp, run.pk.hex, RunStatus.IN_PROGRESS])
-            row = cursor.fetchone()
-            if row is not None:
-                RunEvent.objects.create(
-                    run_id=run.pk, seq=row[0] - count + 1, last_seq=row[0], event=DELTA, data=data
-                )
-    release_connection()
-    if row is None:
+        last_seq = _delta_writer(batch)
+    if last_seq is None:
         logger.info("Run %s was ended elsewhere; dropping the provider", run.pk)
         return None
-    last_seq = row[0]
     run.last_event_seq = last_seq
-    run.heartbeat_at = now
-    return list(_deltas(data["message_id"], last_seq - count + 1, data["deltas"]))
+    first_seq = last_seq - len(batch.deltas) + 1
+    return list(_deltas(batch.message_id, first_seq, batch.deltas))
+
+
+def _write_delta_batches(batches: list[_DeltaBatch]) -> list[int | None]:
+    """Store batches of pieces of different runs; each one's last seq, None if ended.
+
+    The hottest write of streaming, so on PostgreSQL one statement: the
+    UPDATE takes each run's row lock (ordering it against cancel and the
+    reaper), renews its heartbeat, reserves its batch's sequence numbers,
+    and feeds the INSERT; a run that is not in progress any more is left
+    out. SQLite cannot UPDATE inside a WITH: there it is two statements a
+    run, in one transaction.
+    """
+    now = timezone.now()
+    run_table, event_table = Run._meta.db_table, RunEvent._meta.db_table
+    if connection.vendor == "postgresql":
+        rows = ", ".join(["(%s::uuid, %s::integer, %s::jsonb)"] * len(batches))
+        params: list[Any] = []
+        for batch in batches:
+            data = {"message_id": batch.message_id, "deltas": batch.deltas}
+            params += [batch.run_id, len(batch.deltas), orjson.dumps(data).decode()]
+        # Table names come from the models, values are parameters.
+        sql = (
+            f"WITH batch (run_id, count, data) AS (VALUES {rows}), "  # noqa: S608
+            f"claimed AS (UPDATE {run_table} AS r "
+            "SET last_event_seq = r.last_event_seq + batch.count, heartbeat_at = %s "
+            "FROM batch WHERE r.id = batch.run_id AND r.status = %s "
+            "RETURNING r.id, r.last_event_seq, batch.count, batch.data) "
+            f"INSERT INTO {event_table} (run_id, seq, last_seq, event, data, created_at) "
+            "SELECT id, last_event_seq - count + 1, last_event_seq, %s, data, %s "
+            "FROM claimed RETURNING run_id, last_seq"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, now, RunStatus.IN_PROGRESS, DELTA, now])
+            stored = dict(cursor.fetchall())
+        return [stored.get(batch.run_id) for batch in batches]
+    claim = (
+        f"UPDATE {run_table} SET last_event_seq = last_event_seq + %s, "  # noqa: S608
+        "heartbeat_at = %s WHERE id = %s AND status = %s RETURNING last_event_seq"
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    results: list[int | None] = []
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        for batch in batches:
+            count = len(batch.deltas)
+            cursor.execute(claim, [count, stamp, batch.run_id.hex, RunStatus.IN_PROGRESS])
+            row = cursor.fetchone()
+            results.append(None if row is None else row[0])
+            if row is not None:
+                RunEvent.objects.create(
+                    run_id=batch.run_id,
+                    seq=row[0] - count + 1,
+                    last_seq=row[0],
+                    event=DELTA,
+                    data={"message_id": batch.message_id, "deltas": batch.deltas},
+                )
+    return results
+
+
+def _write_delta_group(batches: list[_DeltaBatch]) -> list[int | None | DataError]:
+    """``_write_delta_batches`` for the writer thread, keeping runs apart.
+
+    A value the database refuses (a provider's NUL character, say) fails
+    the whole statement, and nothing of it is stored: then each batch is
+    stored alone, so that only its own run fails.
+    """
+    try:
+        return _write_delta_batches(batches)
+    except DataError:
+        if len(batches) == 1:
+            raise
+        logger.warning("A group of %d batches was refused; storing them one by one", len(batches))
+        results: list[int | None | DataError] = []
+        for batch in batches:
+            try:
+                results.append(_write_delta_batches([batch])[0])
+            except DataError as exc:
+                results.append(exc)
+        return results
+
+
+# One per process: see conversations/grouping.py. Its connection goes back
+# to the pool whenever no batch is waiting.
+_delta_writer = Grouped("run-deltas", _write_delta_group, idle=release_connection)
 
 
 def _finish(
