@@ -40,9 +40,18 @@ class EchoProvider:
         return self._completion(*self._reply(messages))
 
     def stream(self, messages: list[ChatMessage]) -> Iterator[Delta | Completion]:
+        """One piece per word, piece N at N times ``ECHO_DELAY_MS`` from the start.
+
+        Like a remote model, which writes on its own clock whether or not the
+        reader keeps up: a reader that was busy finds the pieces that came
+        meanwhile waiting, and the reply takes as long as the model, not as
+        long as the model plus every delay of the reader.
+        """
         text, usage = self._reply(messages)
+        started = time.monotonic()
         for index, piece in enumerate(_PIECE.findall(text)):
-            if index and self.delay_seconds:
-                time.sleep(self.delay_seconds)
+            wait = started + index * self.delay_seconds - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             yield Delta(piece)
         yield self._completion(text, usage)
