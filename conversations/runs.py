@@ -289,12 +289,8 @@ def run_context(*, run: Run) -> list[ChatMessage]:
     """
     max_messages = settings.LLM_CONTEXT_MAX_MESSAGES
     max_chars = settings.LLM_CONTEXT_MAX_CHARS
-    rows = (
-        Message.objects.filter(thread_id=run.thread_id)
-        .order_by("-created_at", "-id")
-        .values_list("role", "content")[:max_messages]
-    )
     history: list[ChatMessage] = []
+    rows = _newest_messages(run.thread_id, max_messages)
     used = 0
     for role, content in rows:
         used += len(content)
@@ -306,6 +302,30 @@ def run_context(*, run: Run) -> list[ChatMessage]:
     if system:
         history.insert(0, ChatMessage(role="system", content=system))
     return history
+
+
+def _newest_messages(thread_id: Any, limit: int) -> list[tuple[str, str]]:
+    """(role, content) of the thread's newest ``limit`` messages, newest first.
+
+    Read at the start of every run, so written out: building and compiling
+    the same ORM query each time cost more than running it. An index range
+    scan on (thread, created_at, id), as the ORM's query was.
+    """
+    quote = connection.ops.quote_name
+    meta = Message._meta
+    thread = meta.get_field("thread")
+    columns = {
+        name: quote(meta.get_field(name).column) for name in ("role", "content", "created_at")
+    }
+    # Names come from the model, values are parameters.
+    sql = (
+        f"SELECT {columns['role']}, {columns['content']} FROM {quote(meta.db_table)} "  # noqa: S608
+        f"WHERE {quote(thread.column)} = %s "
+        f"ORDER BY {columns['created_at']} DESC, {quote(meta.pk.column)} DESC LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [thread.target_field.get_db_prep_value(thread_id, connection), limit])
+        return cursor.fetchall()
 
 
 def release_connection() -> None:
