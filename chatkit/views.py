@@ -1,5 +1,6 @@
 import uuid
 
+from django.http import Http404
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -107,14 +108,15 @@ class OwnedThreadMixin(OwnedSessionMixin):
         if not hasattr(self, "_thread"):
             # One query for both: the thread, joined to its session, which
             # must be the URL's and the user's.
-            self._thread = get_object_or_404(
-                Thread.objects.select_related("conversation").filter(
-                    conversation__user=self.request.user,
-                    conversation_id=_uuid_or_404(self.kwargs["session_id"]),
-                ),
-                pk=_uuid_or_404(self.kwargs["thread_id"]),
+            thread = services.owned_thread(
+                user_id=self.request.user.pk,
+                session_id=_uuid_or_404(self.kwargs["session_id"]),
+                thread_id=_uuid_or_404(self.kwargs["thread_id"]),
             )
-            self._session = self._thread.conversation
+            if thread is None:
+                raise Http404
+            self._thread = thread
+            self._session = thread.conversation
         return self._thread
 
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, router, transaction
 
 from . import statements
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
@@ -142,3 +142,55 @@ def thread_delete(*, thread: Thread) -> None:
     """Delete a thread with its messages and runs."""
     with transaction.atomic(durable=True):
         thread.delete()
+
+
+def owned_thread(*, user_id: Any, session_id: Any, thread_id: Any) -> Thread | None:
+    """Thread ``thread_id`` of the user's session ``session_id``, its session loaded.
+
+    None unless the thread is in that session and the session is the user's.
+    Every request on a thread starts here, so it is one written-out query:
+    building and compiling the ORM's join cost more than running it.
+    """
+    db = router.db_for_read(Thread) or "default"
+    reading = connections[db]
+    quote = reading.ops.quote_name
+    thread_meta, session_meta = Thread._meta, Conversation._meta
+    threads, sessions = quote(thread_meta.db_table), quote(session_meta.db_table)
+    to_session = quote(thread_meta.get_field("conversation").column)
+    session_pk, thread_pk = quote(session_meta.pk.column), quote(thread_meta.pk.column)
+    owner = session_meta.get_field("user")
+    columns = [f"{threads}.{quote(f.column)}" for f in thread_meta.concrete_fields]
+    columns += [f"{sessions}.{quote(f.column)}" for f in session_meta.concrete_fields]
+    # Names come from the models, values are parameters.
+    sql = (
+        f"SELECT {', '.join(columns)} FROM {threads} "  # noqa: S608
+        f"INNER JOIN {sessions} ON {sessions}.{session_pk} = {threads}.{to_session} "
+        f"WHERE {threads}.{thread_pk} = %s AND {threads}.{to_session} = %s "
+        f"AND {sessions}.{quote(owner.column)} = %s"
+    )
+    params = [
+        thread_meta.pk.get_db_prep_value(thread_id, reading),
+        session_meta.pk.get_db_prep_value(session_id, reading),
+        owner.target_field.get_db_prep_value(user_id, reading),
+    ]
+    with reading.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    split = len(thread_meta.concrete_fields)
+    thread = _from_row(Thread, db, row[:split])
+    thread.conversation = _from_row(Conversation, db, row[split:])
+    return thread
+
+
+def _from_row(model: type[M], db: str, values: tuple) -> M:
+    """A model instance from its concrete fields' values as the database gave them."""
+    reading = connections[db]
+    converted = []
+    for field, value in zip(model._meta.concrete_fields, values, strict=True):
+        column = field.get_col(model._meta.db_table)
+        for converter in reading.ops.get_db_converters(column) + column.get_db_converters(reading):
+            value = converter(value, column, reading)
+        converted.append(value)
+    return model.from_db(db, [field.attname for field in model._meta.concrete_fields], converted)

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from conversations import services
 from conversations.models import Conversation, Thread
 
 SESSIONS = "/api/v1/chatkit/sessions"
@@ -169,3 +170,43 @@ def test_anonymous_is_401(anon, session, thread):
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "NOT_AUTHENTICATED"
+
+
+def test_owned_thread_loads_the_thread_and_its_session_as_the_orm_does(owner):
+    session = Conversation.objects.create(
+        user=owner, title="Plans", instructions="Be brief.", metadata={"team": "ops"}
+    )
+    thread = Thread.objects.create(conversation=session, title="Week 1", metadata={"n": "1"})
+
+    loaded = services.owned_thread(user_id=owner.pk, session_id=session.pk, thread_id=thread.pk)
+
+    fresh = Thread.objects.select_related("conversation").get(pk=thread.pk)
+    for model, got, expected in (
+        (Thread, loaded, fresh),
+        (Conversation, loaded.conversation, fresh.conversation),
+    ):
+        for field in model._meta.concrete_fields:
+            assert getattr(got, field.attname) == getattr(expected, field.attname), field.name
+        assert (got._state.adding, got._state.db) == (False, "default")
+    # Saved as loaded, nothing changes.
+    loaded.save()
+    assert Thread.objects.get(pk=thread.pk).metadata == {"n": "1"}
+
+
+def test_owned_thread_is_none_unless_thread_session_and_user_all_match(owner, stranger):
+    session = Conversation.objects.create(user=owner)
+    thread = Thread.objects.create(conversation=session)
+    other_session = Conversation.objects.create(user=owner)
+
+    assert (
+        services.owned_thread(user_id=stranger.pk, session_id=session.pk, thread_id=thread.pk)
+        is None
+    )
+    assert (
+        services.owned_thread(user_id=owner.pk, session_id=other_session.pk, thread_id=thread.pk)
+        is None
+    )
+    assert (
+        services.owned_thread(user_id=owner.pk, session_id=session.pk, thread_id=uuid.uuid4())
+        is None
+    )
