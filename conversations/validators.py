@@ -1,5 +1,6 @@
 """Validation rules shared by the models and the API (no HTTP here)."""
 
+import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -9,9 +10,13 @@ METADATA_MAX_KEY_LENGTH = 64
 METADATA_MAX_VALUE_LENGTH = 512
 
 
+# NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8.
+_FORBIDDEN_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
 def has_forbidden_characters(text: str) -> bool:
-    """NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8."""
-    return "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
+    """Whether ``text`` holds NUL or a surrogate (a scan in C: inputs run to 32,000 characters)."""
+    return _FORBIDDEN_CHARACTERS.search(text) is not None
 
 
 def validate_metadata(value: Any) -> None:

@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from conversations.models import Conversation, Thread
+from conversations.validators import has_forbidden_characters
 
 SESSIONS = "/api/v1/chatkit/sessions"
 WRITE_TARGETS = ["create session", "patch session", "create thread", "patch thread"]
@@ -301,3 +302,22 @@ def test_bad_paging_parameter_is_400(api, owner, stranger, urls, target, query, 
     error = assert_error(response, 400, "VALIDATION_ERROR")
     assert key in error["details"]
     assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("text", "forbidden"),
+    [
+        ("", False),
+        ("plain words", False),
+        ("emoji \U0001f600 and accents é", False),
+        ("\x00", True),
+        ("end\x00", True),
+        ("\ud800 first", True),
+        ("in \udbff the middle", True),
+        ("last \udfff", True),
+        ("x" * 32_000 + "\udc00", True),
+        ("\ud7ff \ue000 either side of the surrogates", False),
+    ],
+)
+def test_forbidden_characters_are_nul_and_surrogates_only(text, forbidden):
+    assert has_forbidden_characters(text) is forbidden
