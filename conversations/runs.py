@@ -547,7 +547,23 @@ def _finish(
 
     The executor's own ``run`` (thread and messages loaded) is saved: while
     the run is in progress nobody else writes it, and the lock keeps it so.
+    On PostgreSQL the end is first stored in one statement that holds only
+    if the run is still in progress as the executor left it; else (or on
+    SQLite) the run is locked and looked at.
     """
+    pending_items: list[tuple[str, Any]] = []
+    if pending:
+        pending_items.append(
+            (DELTA, {"message_id": str(run.reply_message_id), "deltas": list(pending)})
+        )
+    ending = {"status": status, "text": text, "completion": completion, "error": error}
+    if connection.vendor == "postgresql":
+        as_left = run.__dict__.copy()
+        events = _end_at_once(run, items=list(pending_items), **ending)
+        if events is not None:
+            return events
+        # Not as the executor left it: forget the end prepared in memory.
+        run.__dict__.update(as_left)
     with transaction.atomic(durable=True):
         current = (
             Run.objects.select_for_update()
@@ -559,12 +575,7 @@ def _finish(
             logger.warning("Run %s ended elsewhere before its reply was stored", run.pk)
             return None
         run.last_event_seq = current[1]
-        items: list[tuple[str, Any]] = []
-        if pending:
-            items.append(
-                (DELTA, {"message_id": str(run.reply_message_id), "deltas": list(pending)})
-            )
-        return _end(run, status=status, text=text, completion=completion, error=error, items=items)
+        return _end(run, items=list(pending_items), **ending)
 
 
 _END_FIELDS = (
@@ -581,18 +592,17 @@ _END_FIELDS = (
 )
 
 
-def _end(
+def _ending(
     run: Run,
     *,
     status: str,
     text: str,
-    completion: Completion | None = None,
-    error: tuple[str, str] | None = None,
-    items: list[tuple[str, Any]] | None = None,
-) -> list[Event]:
-    """Store the final state of a locked run: the reply (if any) and its status."""
+    completion: Completion | None,
+    error: tuple[str, str] | None,
+    items: list[tuple[str, Any]],
+) -> tuple[Message | None, list[RunEvent]]:
+    """Give ``run`` its final state in memory; the reply (if any) and the event rows to store."""
     now = timezone.now()
-    items = items or []
     reply = None
     if text:
         finished = status == RunStatus.COMPLETED and (completion is None or completion.finished)
@@ -618,7 +628,47 @@ def _end(
     run.completed_at = now
     run.heartbeat_at = now
     items.append((f"run.{status}", run_document(run)))
-    rows = _event_rows(run, items)
+    return reply, _event_rows(run, items)
+
+
+def _end_at_once(run: Run, **ending: Any) -> list[Event] | None:
+    """PostgreSQL: store the end of ``run`` in one statement; None if it did not hold.
+
+    The UPDATE takes the run's lock and holds only if the run is in progress
+    with the events the executor stored; the reply and the events are
+    inserted only if it held. All of it is one implicit transaction.
+    """
+    expected = [RunStatus.IN_PROGRESS, run.last_event_seq]
+    reply, rows = _ending(run, **ending)
+    ended = "EXISTS (SELECT 1 FROM ended)"
+    update, params = statements.update(
+        run, _END_FIELDS, where=("status = %s AND last_event_seq = %s", expected)
+    )
+    ctes = [f"ended AS ({update} RETURNING 1)"]
+    if reply is not None:
+        insert_reply, reply_params = statements.insert([reply], where=(ended, []))
+        ctes.append(f"reply AS ({insert_reply})")
+        params += reply_params
+    insert_events, event_params = statements.insert(rows, where=(ended, []))
+    sql = f"WITH {', '.join(ctes)} {insert_events}"
+    if not statements.execute_together([(sql, params + event_params)]):
+        return None
+    return list(_expand(rows))
+
+
+def _end(
+    run: Run,
+    *,
+    status: str,
+    text: str,
+    completion: Completion | None = None,
+    error: tuple[str, str] | None = None,
+    items: list[tuple[str, Any]] | None = None,
+) -> list[Event]:
+    """Store the final state of a locked run: the reply (if any) and its status."""
+    reply, rows = _ending(
+        run, status=status, text=text, completion=completion, error=error, items=items or []
+    )
     if connection.vendor == "postgresql":
         # The reply, the events and the run's new state in one round trip.
         writes = [statements.insert(rows), statements.update(run, _END_FIELDS)]

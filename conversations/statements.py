@@ -20,9 +20,12 @@ Statement = tuple[str, list[Any]]
 def insert(objs: Sequence[models.Model], where: Statement | None = None) -> Statement:
     """INSERT ``objs`` (of one model), valued as ``save()`` would; auto ids left to the database.
 
-    With ``where`` (a condition and its parameters), for one object, the row
-    is inserted only if it holds: INSERT ... SELECT ... WHERE. The objects count as
-    saved from here on: callers drop them if nothing was inserted.
+    With ``where`` (a condition and its parameters), the rows are inserted
+    only if it holds: INSERT ... SELECT ... WHERE. For several objects they
+    are selected from a VALUES list, whose column types PostgreSQL infers
+    from the values: fine for UUIDs, numbers, times and JSON (psycopg casts
+    them), but a column that is NULL in every row would be text. The objects
+    count as saved from here on: callers drop them if nothing was inserted.
     """
     meta = objs[0]._meta
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field and not f.generated]
@@ -38,9 +41,12 @@ def insert(objs: Sequence[models.Model], where: Statement | None = None) -> Stat
     if where is None:
         sql += "VALUES " + ", ".join([f"({row})"] * len(objs))
     else:
-        assert len(objs) == 1, "a conditional insert takes one object"
         condition, condition_params = where
-        sql += f"SELECT {row} WHERE {condition}"
+        if len(objs) == 1:
+            sql += f"SELECT {row} WHERE {condition}"
+        else:
+            rows = ", ".join([f"({row})"] * len(objs))
+            sql += f"SELECT * FROM (VALUES {rows}) AS rows WHERE {condition}"  # noqa: S608
         params += condition_params
     for obj in objs:
         obj._state.adding = False
@@ -48,8 +54,14 @@ def insert(objs: Sequence[models.Model], where: Statement | None = None) -> Stat
     return sql, params
 
 
-def update(obj: models.Model, field_names: Sequence[str]) -> Statement:
-    """UPDATE ``obj``'s row with the named fields, valued as ``save(update_fields=...)`` would."""
+def update(
+    obj: models.Model, field_names: Sequence[str], where: Statement | None = None
+) -> Statement:
+    """UPDATE ``obj``'s row with the named fields, valued as ``save(update_fields=...)`` would.
+
+    With ``where`` (a condition on the row as it was, and its parameters),
+    only if that holds too.
+    """
     meta = obj._meta
     fields = [meta.get_field(name) for name in field_names]
     assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
@@ -59,7 +71,12 @@ def update(obj: models.Model, field_names: Sequence[str]) -> Statement:
     pk = meta.pk
     # Table and column names come from the model; values are parameters.
     sql = f"UPDATE {meta.db_table} SET {assignments} WHERE {pk.column} = %s"  # noqa: S608
-    return sql, [*params, pk.get_db_prep_value(obj.pk, connection)]
+    params.append(pk.get_db_prep_value(obj.pk, connection))
+    if where is not None:
+        condition, condition_params = where
+        sql += f" AND ({condition})"
+        params += condition_params
+    return sql, params
 
 
 def send(statements: Sequence[Statement]) -> int:

@@ -59,3 +59,31 @@ def test_update_writes_only_the_named_fields():
 
     row = fetch_row(Conversation, conversation.pk)
     assert (row["title"], row["instructions"]) == ("new", "keep")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("holds", [True, False])
+def test_conditional_insert_of_several_rows_inserts_all_or_none(holds):
+    owner = make_user("owner")
+    rows = [Conversation(user=owner, title=f"s{i}", metadata={"i": str(i)}) for i in range(3)]
+
+    statements.execute_together([statements.insert(rows, where=("%s", [holds]))])
+
+    assert count_rows(Conversation, user=owner.pk) == (3 if holds else 0)
+    if holds:
+        assert fetch_row(Conversation, rows[2].pk)["metadata"] == {"i": "2"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_conditional_update_holds_only_if_the_row_was_as_expected():
+    owner = make_user("owner")
+    conversation = Conversation.objects.create(user=owner, title="old")
+    conversation.title = "new"
+
+    missed = statements.update(conversation, ["title"], where=("title = %s", ["other"]))
+    assert statements.execute_together([missed]) == 0
+    assert fetch_row(Conversation, conversation.pk)["title"] == "old"
+
+    matched = statements.update(conversation, ["title"], where=("title = %s", ["old"]))
+    assert statements.execute_together([matched]) == 1
+    assert fetch_row(Conversation, conversation.pk)["title"] == "new"
