@@ -102,16 +102,6 @@ def _event_rows(run: Run, items: list[tuple[str, Any]]) -> list[RunEvent]:
     return rows
 
 
-def _append_events(run: Run, items: list[tuple[str, Any]]) -> list[Event]:
-    """Store events after ``run.last_event_seq``; the caller saves that field.
-
-    Call inside a transaction that holds the run's lock (or created the run).
-    """
-    rows = _event_rows(run, items)
-    RunEvent.objects.bulk_create(rows)
-    return list(_expand(rows))
-
-
 def run_events_after(*, run_id: Any, seq: int) -> list[Event]:
     """The run's stored events with a sequence number above ``seq``, in order."""
     rows = RunEvent.objects.filter(run_id=run_id, last_seq__gt=seq).order_by("seq")
@@ -247,14 +237,14 @@ def _insert_run(
     return run
 
 
+def _with_documents(runs: Any) -> Any:
+    """What ``run_document`` reads, in the same query."""
+    return runs.select_related("thread", "input_message", "output_message")
+
+
 def _locked(run_id: Any) -> Run | None:
     """The run, locked until the end of the caller's transaction."""
-    return (
-        Run.objects.select_for_update(of=("self",))
-        .select_related("thread", "input_message", "output_message")
-        .filter(pk=run_id)
-        .first()
-    )
+    return _with_documents(Run.objects.select_for_update(of=("self",))).filter(pk=run_id).first()
 
 
 def run_claim(*, run_id: Any) -> Run | None:
@@ -262,19 +252,47 @@ def run_claim(*, run_id: Any) -> Run | None:
 
     Returns None when the run is not queued any more (cancelled, expired, or
     claimed by an earlier delivery of the same task): redelivery never runs a
-    run twice.
+    run twice. On PostgreSQL the run is read, then claimed by one statement
+    that holds only if it is still queued as read; else (or on SQLite) it is
+    locked and looked at.
     """
+    if connection.vendor == "postgresql":
+        run = _with_documents(Run.objects).filter(pk=run_id).first()
+        if run is None or run.status != RunStatus.QUEUED:
+            return None
+        if _claim_at_once(run):
+            return run
     with transaction.atomic(durable=True):
         run = _locked(run_id)
         if run is None or run.status != RunStatus.QUEUED:
             return None
-        now = timezone.now()
-        run.status = RunStatus.IN_PROGRESS
-        run.started_at = now
-        run.heartbeat_at = now
-        _append_events(run, [("run.in_progress", run_document(run))])
-        run.save(update_fields=["status", "started_at", "heartbeat_at", "last_event_seq"])
+        RunEvent.objects.bulk_create(_claimed(run))
+        run.save(update_fields=_CLAIM_FIELDS)
     return run
+
+
+def _claim_at_once(run: Run) -> bool:
+    """PostgreSQL: claim ``run`` in one statement, if it is still queued as read."""
+    expected = [RunStatus.QUEUED, run.last_event_seq]
+    rows = _claimed(run)
+    update, params = statements.update(
+        run, _CLAIM_FIELDS, where=("status = %s AND last_event_seq = %s", expected)
+    )
+    insert, event_params = statements.insert(rows, where=("EXISTS (SELECT 1 FROM claimed)", []))
+    sql = f"WITH claimed AS ({update} RETURNING 1) {insert}"
+    return statements.execute_together([(sql, params + event_params)]) > 0
+
+
+_CLAIM_FIELDS = ("status", "started_at", "heartbeat_at", "last_event_seq")
+
+
+def _claimed(run: Run) -> list[RunEvent]:
+    """Give a queued ``run`` its claimed state in memory; the event row to store."""
+    now = timezone.now()
+    run.status = RunStatus.IN_PROGRESS
+    run.started_at = now
+    run.heartbeat_at = now
+    return _event_rows(run, [("run.in_progress", run_document(run))])
 
 
 # Executing ------------------------------------------------------------------
