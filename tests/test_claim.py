@@ -72,21 +72,26 @@ def test_deliveries_at_once_claim_it_once(queued):
 
 
 def meanwhile(monkeypatch, change) -> None:
-    """Run ``change(run_id)`` on another connection between the claim's read and its write."""
+    """Run ``change(run_id)`` on another connection between the claim's read and its write.
+
+    Once: the claim may then lock the run and prepare its claim again.
+    """
     if connection.vendor != "postgresql":
         pytest.skip("SQLite claims under its write lock: nothing comes between")
     claimed = runs._claimed
+    changes = [change]
 
     def change_first(run):
         def on_another_connection():
             try:
-                change(run.pk)
+                changes.pop()(run.pk)
             finally:
                 connection.close()
 
-        other = threading.Thread(target=on_another_connection)
-        other.start()
-        other.join()
+        if changes:
+            other = threading.Thread(target=on_another_connection)
+            other.start()
+            other.join()
         return claimed(run)
 
     monkeypatch.setattr(runs, "_claimed", change_first)
