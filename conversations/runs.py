@@ -13,7 +13,7 @@ both end one run: whoever comes second sees it ended and backs off.
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -273,14 +273,30 @@ def run_claim(*, run_id: Any) -> Run | None:
 
 def _claim_at_once(run: Run) -> bool:
     """PostgreSQL: claim ``run`` in one statement, if it is still queued as read."""
-    expected = [RunStatus.QUEUED, run.last_event_seq]
-    rows = _claimed(run)
+    was = (RunStatus.QUEUED, run.last_event_seq)
+    return _move_if_unchanged(run, _CLAIM_FIELDS, was, [_claimed(run)])
+
+
+def _move_if_unchanged(
+    run: Run, fields: Sequence[str], was: tuple[str, int], inserts: list[list[Any]]
+) -> bool:
+    """PostgreSQL: save ``run``'s ``fields`` and insert ``inserts`` in one statement.
+
+    Only if the run's row still has ``was`` (status, last event seq): the
+    UPDATE takes the row's lock, then checks, and the INSERTs happen only if
+    it held. One implicit transaction; False if nothing was written.
+    """
     update, params = statements.update(
-        run, _CLAIM_FIELDS, where=("status = %s AND last_event_seq = %s", expected)
+        run, fields, where=("status = %s AND last_event_seq = %s", list(was))
     )
-    insert, event_params = statements.insert(rows, where=("EXISTS (SELECT 1 FROM claimed)", []))
-    sql = f"WITH claimed AS ({update} RETURNING 1) {insert}"
-    return statements.execute_together([(sql, params + event_params)]) > 0
+    held = ("EXISTS (SELECT 1 FROM moved)", [])
+    *before, (last, last_params) = [statements.insert(objs, where=held) for objs in inserts]
+    ctes = [f"moved AS ({update} RETURNING 1)"]
+    for index, (sql, insert_params) in enumerate(before):
+        ctes.append(f"insert_{index} AS ({sql})")
+        params += insert_params
+    sql = f"WITH {', '.join(ctes)} {last}"
+    return statements.execute_together([(sql, params + last_params)]) > 0
 
 
 _CLAIM_FIELDS = ("status", "started_at", "heartbeat_at", "last_event_seq")
@@ -508,6 +524,7 @@ def _write_delta_batches(batches: list[_DeltaBatch]) -> list[int | None]:
     )
     stamp = connection.ops.adapt_datetimefield_value(now)
     results: list[int | None] = []
+    events = []
     with transaction.atomic(durable=True), connection.cursor() as cursor:
         for batch in batches:
             count = len(batch.deltas)
@@ -515,13 +532,17 @@ def _write_delta_batches(batches: list[_DeltaBatch]) -> list[int | None]:
             row = cursor.fetchone()
             results.append(None if row is None else row[0])
             if row is not None:
-                RunEvent.objects.create(
-                    run_id=batch.run_id,
-                    seq=row[0] - count + 1,
-                    last_seq=row[0],
-                    event=DELTA,
-                    data={"message_id": batch.message_id, "deltas": batch.deltas},
+                data = {"message_id": batch.message_id, "deltas": batch.deltas}
+                events.append(
+                    RunEvent(
+                        run_id=batch.run_id,
+                        seq=row[0] - count + 1,
+                        last_seq=row[0],
+                        event=DELTA,
+                        data=data,
+                    )
                 )
+        RunEvent.objects.bulk_create(events)
     return results
 
 
@@ -652,24 +673,13 @@ def _ending(
 def _end_at_once(run: Run, **ending: Any) -> list[Event] | None:
     """PostgreSQL: store the end of ``run`` in one statement; None if it did not hold.
 
-    The UPDATE takes the run's lock and holds only if the run is in progress
-    with the events the executor stored; the reply and the events are
-    inserted only if it held. All of it is one implicit transaction.
+    It holds only if the run is in progress with the events the executor
+    stored; then the reply and the events are inserted with the run's state.
     """
-    expected = [RunStatus.IN_PROGRESS, run.last_event_seq]
+    was = (RunStatus.IN_PROGRESS, run.last_event_seq)
     reply, rows = _ending(run, **ending)
-    ended = "EXISTS (SELECT 1 FROM ended)"
-    update, params = statements.update(
-        run, _END_FIELDS, where=("status = %s AND last_event_seq = %s", expected)
-    )
-    ctes = [f"ended AS ({update} RETURNING 1)"]
-    if reply is not None:
-        insert_reply, reply_params = statements.insert([reply], where=(ended, []))
-        ctes.append(f"reply AS ({insert_reply})")
-        params += reply_params
-    insert_events, event_params = statements.insert(rows, where=(ended, []))
-    sql = f"WITH {', '.join(ctes)} {insert_events}"
-    if not statements.execute_together([(sql, params + event_params)]):
+    inserts = [[reply], rows] if reply is not None else [rows]
+    if not _move_if_unchanged(run, _END_FIELDS, was, inserts):
         return None
     return list(_expand(rows))
 
