@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# The product's locked tree only (hashes checked); test tools stay out.
+RUN pip install --no-cache-dir --require-hashes -r requirements.txt
 COPY . .
 # collectstatic needs settings, not a database or real secrets.
 RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \

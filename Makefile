@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint migrations-check
+.PHONY: install run test lint migrations-check lock audit
 
-$(VENV)/.installed: requirements.txt
+# requirements-dev.txt is the product's locked tree plus the test tools, every
+# package pinned with its hashes.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,3 +36,17 @@ lint: install
 
 migrations-check: install
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+# Re-resolves requirements*.in into the hashed locks (needs the package index).
+lock: install
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		-o requirements.txt requirements.in
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		-o requirements-dev.txt requirements-dev.in
+
+# Known advisories in the locked trees (needs internet: pip-audit asks the
+# advisory databases, so it cannot run on a machine without it).
+audit: install
+	$(PY) -m pip install --quiet pip-audit
+	$(VENV)/bin/pip-audit --strict --require-hashes -r requirements.txt
+	$(VENV)/bin/pip-audit --strict --require-hashes -r requirements-dev.txt

@@ -19,9 +19,10 @@ def _type_error(field: serializers.Field, value: Any) -> str | None:
     elif isinstance(field, serializers.BooleanField):
         if not isinstance(value, bool):
             return "Must be a boolean."
-    elif isinstance(field, serializers.IntegerField):
-        if isinstance(value, bool) or not isinstance(value, int):
-            return "Must be an integer."
+    elif isinstance(field, serializers.IntegerField) and (
+        isinstance(value, bool) or not isinstance(value, int)
+    ):
+        return "Must be an integer."
     return None
 
 

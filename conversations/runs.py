@@ -546,7 +546,7 @@ def _write_delta_batches(batches: list[_DeltaBatch]) -> list[int | None]:
     return results
 
 
-def _write_delta_group(batches: list[_DeltaBatch]) -> list[int | None | DataError]:
+def _write_delta_group(batches: list[_DeltaBatch]) -> list[int | DataError | None]:
     """``_write_delta_batches`` for the writer thread, keeping runs apart.
 
     A value the database refuses (a provider's NUL character, say) fails
@@ -559,7 +559,7 @@ def _write_delta_group(batches: list[_DeltaBatch]) -> list[int | None | DataErro
         if len(batches) == 1:
             raise
         logger.warning("A group of %d batches was refused; storing them one by one", len(batches))
-        results: list[int | None | DataError] = []
+        results: list[int | DataError | None] = []
         for batch in batches:
             try:
                 results.append(_write_delta_batches([batch])[0])

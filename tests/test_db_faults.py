@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from django.conf import settings
@@ -191,9 +191,9 @@ def _no_connection_kept_by_the_test() -> Iterator[None]:
 
 
 @pytest.fixture
-def http(live_server, owner) -> Iterator[httpx.Client]:
+def http(live_server, owner) -> Iterator[httpx2.Client]:
     """Real HTTP to the live server: each request closes its connection, as in production."""
-    with httpx.Client(
+    with httpx2.Client(
         base_url=live_server.url, headers=bearer(owner), timeout=30, trust_env=False
     ) as client:
         yield client

@@ -101,25 +101,30 @@ def _inactive_users_token() -> str:
 # name -> a function of the owner that gives the Authorization header value
 BAD_BEARERS = {
     "alg_none": lambda u: f"Bearer {_unsigned(_claims(u))}",
-    "alg_none_capitalised": lambda u: "Bearer "
-    + f"{_b64({'alg': 'None', 'typ': 'JWT'})}.{_b64(_claims(u))}.",
+    "alg_none_capitalised": lambda u: (
+        "Bearer " + f"{_b64({'alg': 'None', 'typ': 'JWT'})}.{_b64(_claims(u))}."
+    ),
     "wrong_key": lambda u: f"Bearer {_signed(_claims(u), key='not-the-key-' * 4)}",
     "other_algorithm_same_key": lambda u: f"Bearer {_signed(_claims(u), algorithm='HS512')}",
-    "expired": lambda u: "Bearer "
-    + _signed(_claims(u, exp=int(time.time()) - 60, iat=int(time.time()) - 3600)),
+    "expired": lambda u: (
+        "Bearer " + _signed(_claims(u, exp=int(time.time()) - 60, iat=int(time.time()) - 3600))
+    ),
     "refresh_as_access": lambda u: f"Bearer {RefreshToken.for_user(u)}",
-    "no_token_type": lambda u: "Bearer "
-    + _signed({k: v for k, v in _claims(u).items() if k != "token_type"}),
+    "no_token_type": lambda u: (
+        "Bearer " + _signed({k: v for k, v in _claims(u).items() if k != "token_type"})
+    ),
     "no_sub": lambda u: "Bearer " + _signed({k: v for k, v in _claims(u).items() if k != "sub"}),
     "deleted_user": lambda u: f"Bearer {_deleted_users_token()}",
     "inactive_user": lambda u: f"Bearer {_inactive_users_token()}",
-    "tampered_payload": lambda u: "Bearer "
-    + ".".join(
-        [
-            str(AccessToken.for_user(u)).split(".")[0],
-            _b64(_claims(u, sub=str(uuid.uuid4()))),
-            str(AccessToken.for_user(u)).split(".")[2],
-        ]
+    "tampered_payload": lambda u: (
+        "Bearer "
+        + ".".join(
+            [
+                str(AccessToken.for_user(u)).split(".")[0],
+                _b64(_claims(u, sub=str(uuid.uuid4()))),
+                str(AccessToken.for_user(u)).split(".")[2],
+            ]
+        )
     ),
     "bearer_only": lambda u: "Bearer",
     "bearer_two_values": lambda u: "Bearer a b",

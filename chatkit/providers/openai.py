@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-import httpx
+import httpx2
 import openai
 from django.conf import settings
 
@@ -117,15 +117,15 @@ class OpenAIProvider:
 
 @contextmanager
 def _translated_errors() -> Iterator[None]:
-    """Turn the SDK's (and, mid-stream, httpx's) exceptions into the port's.
+    """Turn the SDK's (and, mid-stream, httpx2's) exceptions into the port's.
 
     The original stays chained as the cause, for the log.
     """
     try:
         yield
-    except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
         raise ProviderTimeout(str(exc)) from exc
     except (openai.APIResponseValidationError, ValueError, TypeError, KeyError) as exc:
         raise ProviderBadResponse(str(exc)) from exc
-    except (openai.APIError, httpx.HTTPError) as exc:
+    except (openai.APIError, httpx2.HTTPError) as exc:
         raise ProviderError(str(exc)) from exc
