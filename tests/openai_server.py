@@ -178,7 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
             Fail(404, f"Unknown path {self.path}").serve(self, {})
             return
         body = json.loads(raw)
-        action = self.fake.next_action(body, dict(self.headers))
+        action = self.fake.next_action(
+            body, {name.lower(): value for name, value in self.headers.items()}
+        )
         try:
             action.serve(self, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -237,7 +239,7 @@ class FakeOpenAIServer:
     def __init__(self) -> None:
         self.default: Action = Reply()
         self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[dict[str, str]] = []  # names in lower case
         self._script: deque[Action] = deque()
         self._lock = threading.Condition()
         self._stopping = threading.Event()

@@ -91,7 +91,7 @@ def test_complete_returns_text_usage_and_sends_model_and_messages(provider, open
         {"role": "user", "content": "Hi there"},
     ]
     assert not sent.get("stream")
-    assert openai_server.headers[0]["Authorization"] == f"Bearer {TEST_API_KEY}"
+    assert openai_server.headers[0]["authorization"] == f"Bearer {TEST_API_KEY}"
 
 
 def test_stream_deltas_concatenate_to_the_text(provider, openai_server):
