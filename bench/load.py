@@ -11,8 +11,9 @@ and token per wrk connection:
 
     .venv/bin/python bench/load.py [--connections 16] [--seconds 10] [--port 8814]
 
-Prints requests/s, p50 and p99 for each, and the API/bare throughput ratio
-(target: the API at least 60% of the bare view).
+Prints requests/s, p50, p99 and p99/p50 for each (target: p99 within 3x
+p50), and the API/bare throughput ratio (target: the API at least 60% of the
+bare view).
 """
 
 import argparse
@@ -103,7 +104,8 @@ def run_wrk(port: int, connections: int, seconds: int, method: str, targets: lis
 def show(name: str, result: dict) -> None:
     print(
         f"{name:<34} {result['rps']:8.0f} req/s   p50 {result['p50_ms']:7.1f} ms   "
-        f"p99 {result['p99_ms']:7.1f} ms   non-2xx {result['bad_status']}"
+        f"p99 {result['p99_ms']:7.1f} ms   p99/p50 {result['p99_ms'] / result['p50_ms']:5.1f}"
+        f"   non-2xx {result['bad_status']}"
         f"   socket errors {result['socket_errors']}"
     )
 

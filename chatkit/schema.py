@@ -183,7 +183,7 @@ _ERRORS = {
     "404": "NOT_FOUND: missing, another user's, or a malformed id",
     "409": "Conflict",
     "413": "PAYLOAD_TOO_LARGE",
-    "415": "UNSUPPORTED_MEDIA_TYPE: the body is not application/json in UTF-8 (any other charset is refused unread)",
+    "415": "UNSUPPORTED_MEDIA_TYPE: the body is not application/json in UTF-8",
     "422": "IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used for another request",
     "429": "THROTTLED (with Retry-After)",
     "500": "INTERNAL_ERROR",
