@@ -1,8 +1,10 @@
 """Request id and body size, applied before anything reads the request."""
 
+import io
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -40,8 +42,17 @@ class BodySizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        length = request.META.get("CONTENT_LENGTH") or "0"
         limit = settings.MAX_BODY_BYTES
+        if not request.META.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" in request.META:
+            # Django reads as many bytes as Content-Length says: none here.
+            # ChunkedRequestBody gives the length where the server decodes
+            # the chunks (gunicorn); elsewhere, refuse rather than read nothing.
+            return error_response(
+                411,
+                "LENGTH_REQUIRED",
+                "This server needs a Content-Length for a request body.",
+            )
+        length = request.META.get("CONTENT_LENGTH") or "0"
         # isdigit() alone accepts "²", which int() rejects.
         if not (length.isascii() and length.isdigit()):
             return error_response(400, "MALFORMED_REQUEST", "Content-Length is not a number.")
@@ -55,3 +66,30 @@ class BodySizeLimitMiddleware:
                 details={"max_bytes": limit},
             )
         return self.get_response(request)
+
+
+class ChunkedRequestBody:
+    """WSGI middleware: a chunked request body gets the Content-Length Django needs.
+
+    Django reads a body only up to ``CONTENT_LENGTH``; a chunked request has
+    none, so its body was read as empty and acted on without its fields.
+    Where the server has decoded the chunks and ends the input at the body's
+    end (``wsgi.input_terminated``, as gunicorn does), read it here, at most
+    one byte past ``MAX_BODY_BYTES``, and pass it on with its length: a
+    larger body is then refused with 413 by BodySizeLimitMiddleware, never
+    held whole in memory.
+    """
+
+    def __init__(self, application: Callable[..., Iterable[bytes]]):
+        self.application = application
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if (
+            "HTTP_TRANSFER_ENCODING" in environ
+            and not environ.get("CONTENT_LENGTH")
+            and environ.get("wsgi.input_terminated")
+        ):
+            body = environ["wsgi.input"].read(settings.MAX_BODY_BYTES + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.application(environ, start_response)
