@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from .exceptions import error_response
 from .logging import request_id_var
@@ -32,6 +33,31 @@ class RequestIDMiddleware:
         request_id_var.set(request_id)
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+class HeadWithoutBodyMiddleware:
+    """A HEAD gets the GET's status and headers, and no body.
+
+    Servers iterate the body of every response, HEAD ones included; one that
+    sends it (or a proxy that passes it on) desynchronises a keep-alive
+    connection, and a streamed body would run for nothing: a run's events
+    follower would poll the database until the run ended. So a HEAD's body
+    is dropped here, and a stream's generator is never started. The GET's
+    Content-Length, when known, stays, as RFC 9110 allows.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.method == "HEAD":
+            if response.streaming:
+                # The old generator is still closed with the response.
+                response.streaming_content = ()
+            else:
+                response.content = b""
         return response
 
 

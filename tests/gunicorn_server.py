@@ -141,8 +141,9 @@ class GunicornServer:
         self.log_path = log_path
         self.port = 0
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """What it printed, from character ``since`` (a ``len(log())`` taken earlier)."""
+        return self.log_path.read_text(errors="replace")[since:]
 
     def connect(self) -> RawConnection:
         return RawConnection(self.port)
