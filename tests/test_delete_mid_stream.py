@@ -28,7 +28,8 @@ def thread(owner) -> Thread:
 
 @pytest.fixture(autouse=True)
 def _slow_echo(settings):
-    settings.ECHO_DELAY_MS = 50
+    # Some 6 s of reply: the deletion comes long before its end, even under load.
+    settings.ECHO_DELAY_MS = 100
     settings.STREAM_FLUSH_MS = 50
     settings.SSE_POLL_MS = 50
 
@@ -44,12 +45,12 @@ def delete_parent(owner, thread, parent: str) -> None:
     assert fetch_row(model, pk) is None
 
 
-def start_stream(live_server, owner, thread) -> SSEStream:
+def start_stream(live_server, owner, thread, text: str = LONG_INPUT) -> SSEStream:
     stream = SSEStream(
         live_server.url + runs_path(thread),
         method="POST",
         headers=bearer(owner),
-        body={"input": LONG_INPUT, "stream": True},
+        body={"input": text, "stream": True},
     )
     assert stream.status == 200
     return stream
@@ -164,7 +165,7 @@ def test_follower_of_a_queued_run_ends_with_run_cancelled_when_deleted(live_serv
 def test_stream_of_a_run_whose_parent_survives_is_unchanged(live_server, owner, thread):
     other = Thread.objects.create(conversation=thread.conversation)
 
-    with start_stream(live_server, owner, thread) as stream:
+    with start_stream(live_server, owner, thread, "a short one") as stream:
         stream.read_until(lambda event: event.event == "message.delta")
         response = client_for(owner).delete(
             f"{SESSIONS}/{thread.conversation_id}/threads/{other.pk}"
