@@ -1,4 +1,4 @@
-"""Request id and body size, applied before anything reads the request."""
+"""Request id, HEAD without a body, and the request body's size, before anything reads it."""
 
 import io
 import re
@@ -62,7 +62,7 @@ class HeadWithoutBodyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 before any parser reads a body larger than ``MAX_BODY_BYTES``."""
+    """413 before any parser reads a body over ``MAX_BODY_BYTES``; 411 if its length is unknown."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
