@@ -55,7 +55,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, its site throttling failed sign-ins.
+    "accounts.admin_site.StaffAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -74,6 +75,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "chatkit.middleware.RequestIDMiddleware",
+    # Outside the others, so that it sees the response as they left it.
+    "chatkit.middleware.HeadWithoutBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -204,7 +207,13 @@ BENCH_BARE_VIEWS = env_bool("BENCH_BARE_VIEWS", False)
 
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
-MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 256 * 1024)
+# Every body the contract allows must fit. The largest is a run's: input and
+# instructions of 32,000 characters each and metadata of 16 keys of 64 and
+# values of 512 characters. In JSON's default ASCII-only escaping an astral
+# character (an emoji) is a surrogate pair, 12 bytes, so that text is
+# 12 * (32000 + 32000 + 16 * (64 + 512)) = 878,592 bytes, plus under 1 KB of
+# names and punctuation. 1 MiB leaves some 165 KB for whitespace.
+MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 REGISTRATION_OPEN = env_bool("REGISTRATION_OPEN", True)
 

@@ -20,9 +20,11 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.request import Request
 
+from conversations.models import Run
+
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyReused
 from .models import IdempotencyRecord
-from .streaming import event_stream_response, follow_run_stream
+from .streaming import DONE, event_stream_response, follow_run_stream
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -75,7 +77,14 @@ def _claim(user, key: str, fingerprint: str) -> IdempotencyRecord | None:
 
 def _replay(record: IdempotencyRecord) -> HttpResponseBase:
     if record.stream_run_id is not None:
-        response = event_stream_response(follow_run_stream(run_id=record.stream_run_id, after=0))
+        run = (
+            Run.objects.select_related("thread", "input_message", "output_message")
+            .filter(pk=record.stream_run_id)
+            .first()
+        )
+        # A run deleted since, with its session or thread, left nothing to replay.
+        body = follow_run_stream(run=run, after=0) if run is not None else iter([DONE])
+        response = event_stream_response(body)
     else:
         response = HttpResponse(
             bytes(record.response_body or b""),

@@ -182,6 +182,7 @@ _ERRORS = {
     "403": "PERMISSION_DENIED",
     "404": "NOT_FOUND: missing, another user's, or a malformed id",
     "409": "Conflict",
+    "411": "LENGTH_REQUIRED: a chunked body on a server that does not decode chunks",
     "413": "PAYLOAD_TOO_LARGE",
     "415": "UNSUPPORTED_MEDIA_TYPE: the body is not application/json in UTF-8",
     "422": "IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used for another request",
@@ -205,9 +206,10 @@ _CONFLICTS = {
 
 def _error_statuses(path: str, method: str, operation: dict, idempotent: bool) -> dict[str, str]:
     """Every error status the operation can answer with, and its description."""
-    # 400 (a Content-Length that is not a number), 413 (a body of any method over the
-    # limit), 429, 500 and 503 can answer any request.
-    statuses = {status: _ERRORS[status] for status in ("400", "413", "429", "500", "503")}
+    # 400 (a Content-Length that is not a number), 411 (a chunked body where the
+    # server does not decode it), 413 (a body of any method over the limit), 429,
+    # 500 and 503 can answer any request.
+    statuses = {status: _ERRORS[status] for status in ("400", "411", "413", "429", "500", "503")}
     if path == _REGISTER:
         statuses["403"] = "PERMISSION_DENIED: registration is closed"
     else:

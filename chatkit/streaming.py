@@ -42,6 +42,44 @@ def event_stream_response(body: Iterator[bytes], status: int = 200) -> Streaming
     return response
 
 
+class _Told:
+    """What a stream has sent of a run: enough to end it should the run be deleted."""
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        self.reply: list[str] = []
+        self.ended = False
+
+    def heard(self, event: runs.Event) -> None:
+        """An event the client had before this stream: only its text counts."""
+        if event.event == runs.DELTA:
+            self.reply.append(event.data["delta"])
+
+    def encode(self, events: list[runs.Event]) -> Iterator[bytes]:
+        for event in events:
+            self.heard(event)
+            self.last_seq = event.seq
+            self.ended = self.ended or event.is_terminal
+            yield encode(event)
+
+    def end_if_deleted(self, run: Run) -> Iterator[bytes]:
+        """The end event a deleted run never stored, made here; nothing otherwise.
+
+        Deleting a session or thread deletes its runs with their events, so
+        a stream found no end to send: without this it went straight to
+        ``done``, against the contract's one end event per run.
+        """
+        if self.ended:
+            return
+        exists = runs.run_exists(run_id=run.pk)
+        runs.release_connection()
+        if not exists:
+            text = "".join(self.reply)
+            yield from self.encode(
+                runs.run_deleted_events(run=run, text=text, last_seq=self.last_seq)
+            )
+
+
 def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
     """Carry out ``run`` in a thread of its own and stream its events.
 
@@ -72,9 +110,8 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
-    started = run.start_events
-    yield b"".join(encode(event) for event in started)
-    last_seq = started[-1].seq
+    told = _Told(last_seq=0)
+    yield b"".join(told.encode(run.start_events))
     last_sent = time.monotonic()
     while True:
         try:
@@ -84,9 +121,9 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             # reaper): then its end is in the database, and the executor
             # only learns of it when the provider speaks again.
             if not runs.run_is_active(run_id=run.pk):
-                ended = runs.run_events_after(run_id=run.pk, seq=last_seq)
+                ended = runs.run_events_after(run_id=run.pk, seq=told.last_seq)
                 runs.release_connection()
-                yield from (encode(event) for event in ended)
+                yield from told.encode(ended)
                 break
             runs.release_connection()
             if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
@@ -104,37 +141,44 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
         ended = batch[-1] is _END
         sent = [event for event in batch if event is not _END]
         if sent:
-            last_seq = sent[-1].seq
             last_sent = time.monotonic()
-            yield b"".join(encode(event) for event in sent)
+            yield b"".join(told.encode(sent))
         if ended:
             break
+    yield from told.end_if_deleted(run)
     yield DONE
 
 
-def follow_run_stream(*, run_id: Any, after: int) -> Iterator[bytes]:
+def follow_run_stream(*, run: Run, after: int) -> Iterator[bytes]:
     """Replay a run's stored events after ``after``, then follow new ones until it ends."""
     poll = settings.SSE_POLL_MS / 1000
-    cursor = after
+    told = _Told(last_seq=after)
+    # Resumed on an active run: read the deltas the client has too, so that
+    # an end made here for a deleted run holds the whole text so far.
+    read_from = 0 if after and run.is_active else after
     last_sent = time.monotonic()
     try:
         while True:
-            events = runs.run_events_after(run_id=run_id, seq=cursor)
-            if not events and not runs.run_is_active(run_id=run_id):
-                # It ended: read once more, as its last events may have been
-                # stored between the read above and the check.
-                events = runs.run_events_after(run_id=run_id, seq=cursor)
-                if not any(event.is_terminal for event in events):
-                    yield from (encode(event) for event in events)
+            events = runs.run_events_after(run_id=run.pk, seq=read_from)
+            ended = not events and not runs.run_is_active(run_id=run.pk)
+            if ended:
+                # Read once more: its last events may have been stored
+                # between the read above and the check.
+                events = runs.run_events_after(run_id=run.pk, seq=read_from)
+            new = [event for event in events if event.seq > told.last_seq]
+            for event in events[: len(events) - len(new)]:
+                told.heard(event)
+            for chunk in told.encode(new):
+                yield chunk
+                if told.ended:
                     yield DONE
                     return
-            for event in events:
-                yield encode(event)
-                cursor = event.seq
-                if event.is_terminal:
-                    yield DONE
-                    return
-            if events:
+            read_from = told.last_seq
+            if ended:
+                yield from told.end_if_deleted(run)
+                yield DONE
+                return
+            if new:
                 last_sent = time.monotonic()
             runs.release_connection()
             if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:

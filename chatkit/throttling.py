@@ -5,6 +5,10 @@ configure a shared cache (CACHE_URL=redis://...), or each process counts on
 its own and the effective limit is multiplied by the number of processes.
 """
 
+import hashlib
+import math
+
+from django.http import HttpRequest
 from rest_framework.throttling import SimpleRateThrottle
 
 
@@ -32,3 +36,51 @@ class RunCreateThrottle(UserThrottle):
     """Starting runs (which call a provider): per user, stricter than reads."""
 
     scope = "runs"
+
+
+class FailedLoginThrottle:
+    """Failed sign-ins outside the API (the admin): per client address and per username.
+
+    At the ``auth`` rate (THROTTLE_AUTH), with the same client address rules
+    and cache as the token endpoint. Only failures count, so signing in is
+    never held back by earlier successes; once either count is at the rate,
+    ``retry_after`` says how long until the oldest failure in the window
+    ages out, and no password should be checked until then.
+    """
+
+    def __init__(self, request: HttpRequest, username: str) -> None:
+        auth = AuthThrottle()
+        self.limit, self.duration = auth.num_requests, auth.duration
+        self.cache, self.timer = auth.cache, auth.timer
+        # Hashed: a username is anything the client typed, and cache keys
+        # must stay short and printable.
+        name = hashlib.sha256(username.casefold().encode()).hexdigest()
+        self.keys = [
+            f"throttle_failed_login_address_{auth.get_ident(request)}",
+            f"throttle_failed_login_username_{name}",
+        ]
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        """Times of the key's failures within the window, newest first, at most ``limit``."""
+        history = self.cache.get(key, [])
+        return [moment for moment in history if moment > now - self.duration][: self.limit]
+
+    def retry_after(self) -> int | None:
+        """Whole seconds to wait before another attempt; None when one is allowed now."""
+        if self.limit is None:
+            return None
+        now = self.timer()
+        waits = [
+            self.duration - (now - recent[-1])
+            for recent in (self._recent(key, now) for key in self.keys)
+            if len(recent) >= self.limit
+        ]
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def failed(self) -> None:
+        """Count one failed attempt against the address and the username."""
+        if self.limit is None:
+            return
+        now = self.timer()
+        for key in self.keys:
+            self.cache.set(key, [now, *self._recent(key, now)][: self.limit], self.duration)

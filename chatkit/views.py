@@ -328,4 +328,4 @@ class RunViewSet(
             if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                 raise ValidationError({name: ["Must be a non-negative event id."]})
             after = int(raw)
-        return event_stream_response(follow_run_stream(run_id=run.pk, after=after))
+        return event_stream_response(follow_run_stream(run=run, after=after))

@@ -11,6 +11,7 @@ Every change of a run after its creation happens under the run row's lock
 both end one run: whoever comes second sees it ended and backs off.
 """
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -110,6 +111,10 @@ def run_events_after(*, run_id: Any, seq: int) -> list[Event]:
 
 def run_is_active(*, run_id: Any) -> bool:
     return Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists()
+
+
+def run_exists(*, run_id: Any) -> bool:
+    return Run.objects.filter(pk=run_id).exists()
 
 
 def _stored_text(run: Run) -> str:
@@ -729,6 +734,22 @@ def run_cancel(*, run_id: Any) -> Run:
             raise RunNotActive(details={"status": run.status})
         _end(run, status=RunStatus.CANCELLED, text=_stored_text(run))
     return run
+
+
+def run_deleted_events(*, run: Run, text: str, last_seq: int) -> list[Event]:
+    """How a stream ends a run that was deleted (with its session or thread) while active.
+
+    Its rows are gone, so no end was stored and none can be: the stream ends
+    it as the owner's deletion did, cancelled, after ``text`` (what it sent of
+    the reply) as an incomplete message, numbered on from ``last_seq``.
+    Nothing is written; ``run`` is left as it was.
+    """
+    ended = copy.copy(run)
+    ended.last_event_seq = last_seq
+    _, rows = _ending(
+        ended, status=RunStatus.CANCELLED, text=text, completion=None, error=None, items=[]
+    )
+    return list(_expand(rows))
 
 
 def runs_expire_stale(

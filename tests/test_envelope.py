@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import yaml
+from django.conf import settings
 from django.core.management import call_command
 from django.db import IntegrityError, OperationalError
 
@@ -37,7 +38,9 @@ REQUESTS = {
     "404 item": lambda c, s: c.get(f"{SESSIONS}/{uuid.uuid4()}"),
     "404 route": lambda c, s: c.get("/api/v1/nothing-here"),
     "405": lambda c, s: c.put(f"{SESSIONS}/{s.pk}", {}, format="json"),
-    "413": lambda c, s: c.generic("POST", SESSIONS, b"x" * (256 * 1024 + 1), "application/json"),
+    "413": lambda c, s: c.generic(
+        "POST", SESSIONS, b"x" * (settings.MAX_BODY_BYTES + 1), "application/json"
+    ),
     "415": lambda c, s: c.generic("POST", SESSIONS, "title=x", "text/plain"),
     "healthz": lambda c, s: c.get("/healthz"),
     "readyz": lambda c, s: c.get("/readyz"),

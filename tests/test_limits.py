@@ -399,6 +399,97 @@ def test_content_length_with_thousands_of_digits_is_413_not_500(api):
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
 
 
+# The largest legal bodies --------------------------------------------------
+
+# One character of the astral planes is a surrogate pair in JSON's default
+# ASCII-only encoding: 12 bytes, the most any legal character costs.
+ASTRAL = "\U0001f600"
+
+
+def _longest_metadata() -> dict[str, str]:
+    keys = [ASTRAL * 63 + chr(0x1F300 + index) for index in range(16)]
+    return {key: ASTRAL * 512 for key in keys}
+
+
+def _largest_bodies() -> dict[str, tuple[str, dict]]:
+    return {
+        "create run": (
+            "POST",
+            {
+                "input": ASTRAL * MAX_INPUT,
+                "instructions": ASTRAL * MAX_INPUT,
+                "metadata": _longest_metadata(),
+                "stream": False,
+                "background": False,
+            },
+        ),
+        "create session": (
+            "POST",
+            {
+                "title": ASTRAL * 200,
+                "instructions": ASTRAL * MAX_INPUT,
+                "metadata": _longest_metadata(),
+            },
+        ),
+        "patch session": (
+            "PATCH",
+            {
+                "title": ASTRAL * 200,
+                "instructions": ASTRAL * MAX_INPUT,
+                "metadata": _longest_metadata(),
+            },
+        ),
+    }
+
+
+def _largest_body_urls(session, thread) -> dict[str, str]:
+    return {
+        "create run": runs_path(thread),
+        "create session": SESSIONS,
+        "patch session": f"{SESSIONS}/{session.pk}",
+    }
+
+
+@pytest.mark.parametrize("target", ["create run", "create session", "patch session"])
+def test_largest_legal_body_in_escaped_json_is_accepted(
+    api, session, thread, openai_settings, target
+):
+    openai_settings.default = Reply(text="ok")
+    method, body = _largest_bodies()[target]
+    # As Python's json.dumps writes it by default: every emoji as \uXXXX\uXXXX.
+    raw = json.dumps(body).encode()
+
+    response = send_raw(api, method, _largest_body_urls(session, thread)[target], raw)
+
+    assert response.status_code in (200, 201), response.content[:300]
+    data = response.json()["data"]
+    if target == "create run":
+        assert data["status"] == "completed"
+        assert data["input_message"]["content"] == body["input"]
+        assert Run.objects.get(pk=data["id"]).instructions == body["instructions"]
+    else:
+        assert data["instructions"] == body["instructions"]
+    assert data["metadata"] == body["metadata"]
+
+
+@pytest.mark.parametrize("target", ["create run", "create session"])
+def test_body_past_the_limit_is_413_even_when_its_content_is_legal(
+    api, session, thread, openai_settings, target
+):
+    method, body = _largest_bodies()[target]
+    raw = json.dumps(body).encode()
+    # Legal JSON still: whitespace before the closing brace.
+    padded = raw[:-1] + b" " * (settings.MAX_BODY_BYTES + 1 - len(raw)) + raw[-1:]
+    assert len(padded) == settings.MAX_BODY_BYTES + 1
+    before = snapshot()
+
+    response = send_raw(api, method, _largest_body_urls(session, thread)[target], padded)
+
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert snapshot() == before
+    assert openai_settings.requests == []
+
+
 # Many keys -----------------------------------------------------------------
 
 
