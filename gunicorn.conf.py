@@ -18,6 +18,10 @@ threads = int(os.environ.get("WEB_THREADS", "128"))
 timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
 graceful_timeout = 30
 keepalive = 5
+# gunicorn 27's control socket sits at one path per user (~/.gunicorn), so a
+# second instance on the host (benchmarks, tests, several instances behind one
+# balancer) collides with the first; nothing here uses it.
+control_socket_disable = True
 accesslog = "-"
 if os.environ.get("LOG_FORMAT") == "json":
     # One JSON object per line, built in chatbot_project/gunicorn_logging.py.
