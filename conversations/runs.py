@@ -27,7 +27,15 @@ from . import statements
 from .documents import message_document, run_document
 from .errors import ObjectNotFound, RunInProgress, RunNotActive
 from .grouping import Grouped
-from .llm import ChatMessage, Completion, Delta, Provider, ProviderError
+from .llm import (
+    ChatMessage,
+    Completion,
+    Delta,
+    FinishReason,
+    Provider,
+    ProviderBadResponse,
+    ProviderError,
+)
 from .models import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_CONVERSATION_TITLE,
@@ -38,6 +46,7 @@ from .models import (
     Run,
     RunErrorCode,
     RunEvent,
+    RunIncompleteReason,
     RunStatus,
     Thread,
 )
@@ -390,8 +399,10 @@ def run_execute(
     that nobody ended the run meanwhile (cancel, reaper): if somebody did,
     the provider is dropped at once and the events they stored follow.
     Provider failures end the run as ``failed``; they are expected
-    conditions, logged with their stack trace, never raised. ``messages`` is
-    the run's context when the caller has read it already.
+    conditions, logged with their stack trace, never raised. So does a reply
+    that ends before the provider says why it stopped (a stream closed
+    early): its text is kept as an incomplete message. ``messages`` is the
+    run's context when the caller has read it already.
     """
     if messages is None:
         messages = run_context(run=run)
@@ -419,6 +430,8 @@ def run_execute(
             yield from stored
             pending = []
             last_flush = time.monotonic()
+        if completion is None or completion.finish_reason is None:
+            raise ProviderBadResponse("the reply ended before the provider said it was finished")
     except ProviderError as exc:
         logger.exception("Run %s failed: %s", run.pk, exc.code)
         final = _finish(
@@ -426,10 +439,10 @@ def run_execute(
             pending=pending,
             status=RunStatus.FAILED,
             text="".join(pieces),
+            completion=completion,
             error=(exc.code, exc.public_message),
         )
     else:
-        completion = completion or Completion(text="".join(pieces))
         final = _finish(
             run,
             pending=pending,
@@ -622,6 +635,7 @@ _END_FIELDS = (
     "output_message",
     "error_code",
     "error_message",
+    "incomplete_reason",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -629,6 +643,13 @@ _END_FIELDS = (
     "heartbeat_at",
     "last_event_seq",
 )
+
+
+# A completed run whose provider stopped early says why; its reply is incomplete.
+_INCOMPLETE_REASONS = {
+    FinishReason.LENGTH: RunIncompleteReason.LENGTH,
+    FinishReason.CONTENT_FILTER: RunIncompleteReason.CONTENT_FILTER,
+}
 
 
 def _ending(
@@ -643,8 +664,10 @@ def _ending(
     """Give ``run`` its final state in memory; the reply (if any) and the event rows to store."""
     now = timezone.now()
     reply = None
+    if status == RunStatus.COMPLETED and completion is not None:
+        run.incomplete_reason = _INCOMPLETE_REASONS.get(completion.finish_reason, "")
     if text:
-        finished = status == RunStatus.COMPLETED and (completion is None or completion.finished)
+        finished = status == RunStatus.COMPLETED and not run.incomplete_reason
         reply = Message(
             id=run.reply_message_id,
             thread_id=run.thread_id,

@@ -5,8 +5,8 @@ events (``data: {chunk}`` lines, then ``data: [DONE]``) when the request says
 ``"stream": true``. What it answers is scripted per test: ``queue()`` the
 actions (``Reply``, ``Fail``, ``Raw``) in the order the requests will arrive;
 once the script is empty, ``default`` answers. Every request body is recorded
-in ``requests`` (and its headers in ``headers``) so tests can assert what the
-client sent.
+in ``requests`` (and its headers, names in lower case, in ``headers``) so
+tests can assert what the client sent.
 
 It runs in a background thread on 127.0.0.1 with an ephemeral port, so the
 real ``openai`` SDK talks to it over real HTTP.
@@ -54,13 +54,15 @@ class Reply:
     middle of the chunked body and without ``[DONE]``. With ``cut_cleanly``
     the body is ended properly instead (as a proxy, or a server closing an
     HTTP/1.0 connection, would end it): only the missing finish reason and
-    ``[DONE]`` tell that the reply is cut short.
+    ``[DONE]`` tell that the reply is cut short. ``finish_reason=None``
+    sends none: ``null`` in a plain answer, no last chunk in a stream (which
+    still ends with ``[DONE]``).
     """
 
     text: str | None = "Hello from the fake server."
     chunks: int = 1
     chunk_delay: float = 0.0
-    finish_reason: str = "stop"
+    finish_reason: str | None = "stop"
     prompt_tokens: int = 11
     completion_tokens: int = 5
     delay: float = 0.0
@@ -129,7 +131,7 @@ class Reply:
         if self.cut_after is not None:
             handler.cut(cleanly=self.cut_cleanly)
             return
-        if not self.empty_choices:
+        if not self.empty_choices and self.finish_reason is not None:
             last = {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
             handler.send_event(self._chunk(body, [last]))
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -178,7 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
             Fail(404, f"Unknown path {self.path}").serve(self, {})
             return
         body = json.loads(raw)
-        action = self.fake.next_action(body, dict(self.headers))
+        # HTTP header names are case-insensitive (the SDK sends them in lower case).
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        action = self.fake.next_action(body, headers)
         try:
             action.serve(self, body)
         except (BrokenPipeError, ConnectionResetError):
