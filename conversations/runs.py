@@ -385,6 +385,25 @@ def _as_stream(provider: Provider, messages: list[ChatMessage]) -> Iterator[Delt
     yield completion
 
 
+def _provider_items(
+    provider: Provider, messages: list[ChatMessage], *, stream: bool
+) -> Iterator[Delta | Completion]:
+    """What the provider answers; anything else it raises becomes a ProviderError.
+
+    A provider is a plug-in that talks to the network: an exception its
+    adapter did not translate (its HTTP client's transport error, a bug in
+    it) must still end the run as failed, never leave it in progress. The
+    original stays chained as the cause, so the log has its stack trace;
+    the client gets only the generic message.
+    """
+    try:
+        yield from provider.stream(messages) if stream else _as_stream(provider, messages)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise ProviderError(f"unexpected {type(exc).__name__} from the provider") from exc
+
+
 def run_execute(
     *,
     run: Run,
@@ -413,7 +432,7 @@ def run_execute(
     pieces: list[str] = []
     pending: list[str] = []
     completion: Completion | None = None
-    source = provider.stream(messages) if stream else _as_stream(provider, messages)
+    source = _provider_items(provider, messages, stream=stream)
     try:
         for item in source:
             if isinstance(item, Completion):
@@ -451,8 +470,7 @@ def run_execute(
             completion=completion,
         )
     finally:
-        if hasattr(source, "close"):
-            source.close()
+        source.close()
     if final is None:
         yield from run_events_after(run_id=run.pk, seq=run.last_event_seq)
         return

@@ -13,6 +13,8 @@ real ``openai`` SDK talks to it over real HTTP.
 """
 
 import json
+import socket
+import struct
 import sys
 import threading
 from collections import deque
@@ -54,7 +56,8 @@ class Reply:
     middle of the chunked body and without ``[DONE]``. With ``cut_cleanly``
     the body is ended properly instead (as a proxy, or a server closing an
     HTTP/1.0 connection, would end it): only the missing finish reason and
-    ``[DONE]`` tell that the reply is cut short. ``finish_reason=None``
+    ``[DONE]`` tell that the reply is cut short. With ``reset`` the
+    connection is reset (a TCP RST) instead of closed. ``finish_reason=None``
     sends none: ``null`` in a plain answer, no last chunk in a stream (which
     still ends with ``[DONE]``).
     """
@@ -70,6 +73,7 @@ class Reply:
     empty_choices: bool = False
     cut_after: int | None = None
     cut_cleanly: bool = False
+    reset: bool = False
 
     def usage(self) -> dict[str, int]:
         return {
@@ -121,7 +125,7 @@ class Reply:
         pieces = [] if self.empty_choices or not self.text else _pieces(self.text, self.chunks)
         for index, piece in enumerate(pieces):
             if self.cut_after is not None and index == self.cut_after:
-                handler.cut(cleanly=self.cut_cleanly)
+                handler.cut(cleanly=self.cut_cleanly, reset=self.reset)
                 return
             if index and self.chunk_delay:
                 handler.fake.sleep(self.chunk_delay)
@@ -129,7 +133,7 @@ class Reply:
             choice = {"index": 0, "delta": delta, "finish_reason": None}
             handler.send_event(self._chunk(body, [choice]))
         if self.cut_after is not None:
-            handler.cut(cleanly=self.cut_cleanly)
+            handler.cut(cleanly=self.cut_cleanly, reset=self.reset)
             return
         if not self.empty_choices and self.finish_reason is not None:
             last = {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
@@ -214,12 +218,19 @@ class _Handler(BaseHTTPRequestHandler):
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
 
-    def cut(self, *, cleanly: bool = False) -> None:
-        """Close the connection, in the middle of the chunked body unless ``cleanly``."""
+    def cut(self, *, cleanly: bool = False, reset: bool = False) -> None:
+        """Close the connection, in the middle of the chunked body unless ``cleanly``.
+
+        With ``reset``, abort it: a zero linger time makes closing the socket
+        send a TCP RST, so the client's next read fails with a reset.
+        """
         if cleanly:
             self.end_stream()
         self.wfile.flush()
         self.close_connection = True
+        if reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -10,11 +10,18 @@ worker's task, called in this process).
   incomplete, and ``incomplete_details.reason`` says why.
 - No finish reason at all (a stream closed early, without an error): the run
   fails with ``PROVIDER_BAD_RESPONSE``; the text so far is kept, incomplete.
+
+Then whatever a provider raises that its adapter did not translate (a
+transport error of its HTTP client, a bug): the run fails with
+``PROVIDER_ERROR``, the text so far is kept, the exception is logged once
+with its stack trace, and the client sees only the generic message.
 """
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx2
 import pytest
 
 from chatkit import providers, views
@@ -23,8 +30,10 @@ from chatkit.tasks import execute_run
 from conversations.llm import (
     ChatMessage,
     Completion,
+    Delta,
     FinishReason,
     ProviderBadResponse,
+    ProviderError,
 )
 from conversations.models import Conversation, Message, Run, Thread
 from tests.conftest import client_for
@@ -246,6 +255,105 @@ def test_a_reply_that_ends_without_a_finish_reason_fails_the_run_and_keeps_the_t
     assert_stored(run, status="failed", error_code="PROVIDER_BAD_RESPONSE", reason="")
     [logged] = logged_failures(errors_logged, run["id"])
     assert isinstance(logged.exc_info[1], ProviderBadResponse)
+
+
+# Connections the server aborts mid-stream, through the API.
+
+
+@pytest.mark.parametrize("mode", STREAMED_MODES)
+@pytest.mark.parametrize("reset", [False, True], ids=["closed_mid_body", "reset"])
+def test_a_connection_aborted_mid_stream_fails_the_run_and_keeps_the_text(
+    request, owner, thread, openai_settings, handed_over, errors_logged, mode, reset
+):
+    openai_settings.queue(Reply(text=TEXT, chunks=4, chunk_delay=0.01, cut_after=2, reset=reset))
+
+    outcome = carry_out(mode, request, owner, thread, handed_over)
+
+    run = outcome.run
+    assert run["status"] == "failed"
+    assert run["error"] == {"code": "PROVIDER_ERROR", "message": ProviderError.public_message}
+    assert (run["output_message"]["content"], run["output_message"]["status"]) == (
+        HALF,
+        "incomplete",
+    )
+    assert_events_tell_the_end(outcome, "run.failed")
+    assert_stored(run, status="failed", error_code="PROVIDER_ERROR", reason="")
+    [logged] = logged_failures(errors_logged, run["id"])
+    assert type(logged.exc_info[1]) is ProviderError
+
+
+# Exceptions a provider's adapter did not translate, through the API.
+
+
+class RaisingProvider:
+    """Streams a first piece, then raises ``error``, as an adapter with a gap would."""
+
+    name = "raising"
+    model = "raising-1"
+    error: Exception = RuntimeError(SECRET)
+
+    @classmethod
+    def from_settings(cls) -> "RaisingProvider":
+        return cls()
+
+    def complete(self, messages: list[ChatMessage]) -> Completion:
+        raise self.error
+
+    def stream(self, messages: list[ChatMessage]) -> Iterator[Delta | Completion]:
+        yield Delta("Partial ")
+        raise self.error
+
+
+UNTRANSLATED = [
+    pytest.param(httpx2.RemoteProtocolError(f"peer closed connection {SECRET}"), id="protocol"),
+    pytest.param(httpx2.ReadError(f"[Errno 104] Connection reset by peer {SECRET}"), id="read"),
+    pytest.param(httpx2.StreamClosed(), id="stream_closed"),
+    pytest.param(RuntimeError(SECRET), id="runtime"),
+]
+
+
+@pytest.fixture
+def raising_provider(settings, monkeypatch) -> type[RaisingProvider]:
+    monkeypatch.setitem(providers.PROVIDERS, "raising", RaisingProvider)
+    settings.LLM_PROVIDER = "raising"
+    return RaisingProvider
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("error", UNTRANSLATED)
+def test_an_exception_the_provider_did_not_translate_fails_the_run(
+    request, owner, thread, raising_provider, monkeypatch, handed_over, errors_logged, mode, error
+):
+    monkeypatch.setattr(raising_provider, "error", error)
+
+    outcome = carry_out(mode, request, owner, thread, handed_over)
+
+    run = outcome.run
+    assert run["status"] == "failed"
+    assert run["error"] == {"code": "PROVIDER_ERROR", "message": ProviderError.public_message}
+    assert run["completed_at"] is not None
+    if mode == "wait":
+        assert run["output_message"] is None
+    else:
+        assert (run["output_message"]["content"], run["output_message"]["status"]) == (
+            "Partial ",
+            "incomplete",
+        )
+    assert_events_tell_the_end(outcome, "run.failed")
+    assert_stored(run, status="failed", error_code="PROVIDER_ERROR", reason="")
+    # Nothing of the exception reaches the client ...
+    assert SECRET not in outcome.bodies
+    assert type(error).__name__ not in outcome.bodies
+    # ... and the log has it once, with the stack trace down to where it was raised.
+    [logged] = logged_failures(errors_logged, run["id"])
+    assert logged.exc_info[1].__cause__ is error
+    trace = logging.Formatter().formatException(logged.exc_info)
+    assert "in stream" in trace or "in complete" in trace
+    assert f"{type(error).__name__}" in trace
+    # The thread takes the next run.
+    again = client_for(owner).post(runs_path(thread), {"input": "again"}, format="json")
+    assert again.status_code == 201
+    assert again.json()["data"]["error"]["code"] == "PROVIDER_ERROR"
 
 
 # The providers' side: the port carries the reason.

@@ -6,6 +6,7 @@ errors), then the same failures through ``POST .../runs``.
 
 import logging
 
+import httpx2
 import pytest
 
 from chatkit.providers import get_provider
@@ -169,14 +170,26 @@ def test_stream_maps_failures_to_provider_errors(
     assert len(openai_server.requests) == 1
 
 
-def test_stream_cut_off_midway_is_a_provider_error(provider, openai_server):
-    openai_server.queue(Reply(text="one two three four", chunks=4, cut_after=2))
+@pytest.mark.parametrize(
+    ("reset", "transport_error"),
+    [(False, httpx2.RemoteProtocolError), (True, httpx2.ReadError)],
+    ids=["closed_mid_body", "reset"],
+)
+def test_stream_cut_off_midway_is_a_provider_error(provider, openai_server, reset, transport_error):
+    openai_server.queue(Reply(text="one two three four", chunks=4, cut_after=2, reset=reset))
 
     received = []
     with pytest.raises(ProviderError) as caught:
         received.extend(provider.stream(MESSAGES))
 
     assert type(caught.value) is ProviderError
+    # httpx2's own error, raised while the stream was read, is in the chain for the log.
+    causes = []
+    cause = caught.value.__cause__
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(each, transport_error) for each in causes), causes
     # What arrived before the cut was passed on, and no Completion claims the rest.
     assert all(isinstance(item, Delta) for item in received)
     assert "".join(d.text for d in received) == "one two th"
