@@ -198,9 +198,11 @@ class Run(models.Model):
     )
     error_code = models.CharField(max_length=32, choices=ErrorCode.choices, blank=True)
     error_message = models.CharField(max_length=500, blank=True)
-    # Set when the run completed but the provider cut its reply short.
+    # Set when the run completed but the provider cut its reply short. The
+    # database default lets processes that do not know the column yet (a
+    # rolling deploy) go on inserting runs.
     incomplete_reason = models.CharField(
-        max_length=16, choices=IncompleteReason.choices, blank=True
+        max_length=16, choices=IncompleteReason.choices, blank=True, default="", db_default=""
     )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
