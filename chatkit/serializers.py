@@ -13,6 +13,7 @@ from conversations.models import (
     Conversation,
     Message,
     Run,
+    RunIncompleteReason,
     Thread,
 )
 
@@ -90,6 +91,12 @@ class RunErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class IncompleteDetailsSerializer(serializers.Serializer):
+    """Why a completed run's reply is incomplete: the provider stopped it early."""
+
+    reason = serializers.ChoiceField(choices=RunIncompleteReason.choices)
+
+
 class UsageSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
@@ -107,6 +114,14 @@ class RunSerializer(serializers.ModelSerializer):
     input_message = MessageSerializer(read_only=True)
     output_message = MessageSerializer(read_only=True, allow_null=True)
     error = RunErrorSerializer(read_only=True, allow_null=True)
+    incomplete_details = IncompleteDetailsSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=(
+            "Set when the run completed but the provider cut the reply short "
+            "(its token limit, or its content filter); null otherwise."
+        ),
+    )
     usage = UsageSerializer(read_only=True, allow_null=True)
 
     class Meta:
@@ -119,6 +134,7 @@ class RunSerializer(serializers.ModelSerializer):
             "input_message",
             "output_message",
             "error",
+            "incomplete_details",
             "usage",
             "provider",
             "model",

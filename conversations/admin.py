@@ -60,7 +60,7 @@ class RunAdmin(admin.ModelAdmin):
     """Runs with their outcome; stale ones can be expired by hand."""
 
     list_display = ("id", "status", "provider", "model", "thread", "created_at", "duration")
-    list_filter = ("status", "provider", "created_at")
+    list_filter = ("status", "incomplete_reason", "provider", "created_at")
     search_fields = (
         "=id",
         "=thread__id",
@@ -76,6 +76,7 @@ class RunAdmin(admin.ModelAdmin):
         "output_message",
         "error_code",
         "error_message",
+        "incomplete_reason",
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",

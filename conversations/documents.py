@@ -71,6 +71,7 @@ def run_document(run: Run) -> dict[str, Any]:
         "input_message": message_document(run.input_message) if run.input_message else None,
         "output_message": message_document(run.output_message) if run.output_message else None,
         "error": {"code": run.error_code, "message": run.error_message} if run.error_code else None,
+        "incomplete_details": {"reason": run.incomplete_reason} if run.incomplete_reason else None,
         "usage": usage,
         "provider": run.provider,
         "model": run.model,

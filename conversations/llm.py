@@ -5,6 +5,7 @@ Implementations (adapters) live in ``chatkit.providers``.
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -24,12 +25,21 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+class FinishReason(StrEnum):
+    """Why the provider stopped writing, in its own words (OpenAI's names)."""
+
+    STOP = "stop"  # the reply is whole (also when it ends in a tool call)
+    LENGTH = "length"  # cut short by the token limit
+    CONTENT_FILTER = "content_filter"  # cut short by the provider's content filter
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
     usage: Usage | None = None
-    # False when the provider stopped early (length limit, content filter).
-    finished: bool = True
+    # None when the reply ended without the provider saying why (a stream
+    # closed early): then nobody knows whether it is whole.
+    finish_reason: FinishReason | None = FinishReason.STOP
     # Stored on the assistant message (the contract's metadata rules apply).
     metadata: dict[str, str] = field(default_factory=dict)
 

@@ -121,6 +121,13 @@ class RunErrorCode(models.TextChoices):
     RUN_EXPIRED = "RUN_EXPIRED"
 
 
+class RunIncompleteReason(models.TextChoices):
+    """Why a completed run's reply is incomplete: the provider stopped it early."""
+
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+
+
 class Message(models.Model):
     """One message of a thread. Rows, never a JSON list on the parent."""
 
@@ -169,6 +176,7 @@ class Run(models.Model):
 
     Status = RunStatus
     ErrorCode = RunErrorCode
+    IncompleteReason = RunIncompleteReason
     ACTIVE_STATUSES = ACTIVE_RUN_STATUSES
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -190,6 +198,12 @@ class Run(models.Model):
     )
     error_code = models.CharField(max_length=32, choices=ErrorCode.choices, blank=True)
     error_message = models.CharField(max_length=500, blank=True)
+    # Set when the run completed but the provider cut its reply short. The
+    # database default lets processes that do not know the column yet (a
+    # rolling deploy) go on inserting runs.
+    incomplete_reason = models.CharField(
+        max_length=16, choices=IncompleteReason.choices, blank=True, default="", db_default=""
+    )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -226,6 +240,10 @@ class Run(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(status__in=RunStatus.values), name="run_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(incomplete_reason__in=["", *RunIncompleteReason.values]),
+                name="run_incomplete_reason_valid",
             ),
         ]
 

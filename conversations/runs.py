@@ -28,7 +28,15 @@ from . import statements
 from .documents import message_document, run_document
 from .errors import ObjectNotFound, RunInProgress, RunNotActive
 from .grouping import Grouped
-from .llm import ChatMessage, Completion, Delta, Provider, ProviderError
+from .llm import (
+    ChatMessage,
+    Completion,
+    Delta,
+    FinishReason,
+    Provider,
+    ProviderBadResponse,
+    ProviderError,
+)
 from .models import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_CONVERSATION_TITLE,
@@ -39,6 +47,7 @@ from .models import (
     Run,
     RunErrorCode,
     RunEvent,
+    RunIncompleteReason,
     RunStatus,
     Thread,
 )
@@ -381,6 +390,25 @@ def _as_stream(provider: Provider, messages: list[ChatMessage]) -> Iterator[Delt
     yield completion
 
 
+def _provider_items(
+    provider: Provider, messages: list[ChatMessage], *, stream: bool
+) -> Iterator[Delta | Completion]:
+    """What the provider answers; anything else it raises becomes a ProviderError.
+
+    A provider is a plug-in that talks to the network: an exception its
+    adapter did not translate (its HTTP client's transport error, a bug in
+    it) must still end the run as failed, never leave it in progress. The
+    original stays chained as the cause, so the log has its stack trace;
+    the client gets only the generic message.
+    """
+    try:
+        yield from provider.stream(messages) if stream else _as_stream(provider, messages)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise ProviderError(f"unexpected {type(exc).__name__} from the provider") from exc
+
+
 def run_execute(
     *,
     run: Run,
@@ -395,8 +423,10 @@ def run_execute(
     that nobody ended the run meanwhile (cancel, reaper): if somebody did,
     the provider is dropped at once and the events they stored follow.
     Provider failures end the run as ``failed``; they are expected
-    conditions, logged with their stack trace, never raised. ``messages`` is
-    the run's context when the caller has read it already.
+    conditions, logged with their stack trace, never raised. So does a reply
+    that ends before the provider says why it stopped (a stream closed
+    early): its text is kept as an incomplete message. ``messages`` is the
+    run's context when the caller has read it already.
     """
     if messages is None:
         messages = run_context(run=run)
@@ -407,7 +437,7 @@ def run_execute(
     pieces: list[str] = []
     pending: list[str] = []
     completion: Completion | None = None
-    source = provider.stream(messages) if stream else _as_stream(provider, messages)
+    source = _provider_items(provider, messages, stream=stream)
     try:
         for item in source:
             if isinstance(item, Completion):
@@ -424,6 +454,8 @@ def run_execute(
             yield from stored
             pending = []
             last_flush = time.monotonic()
+        if completion is None or completion.finish_reason is None:
+            raise ProviderBadResponse("the reply ended before the provider said it was finished")
     except ProviderError as exc:
         logger.exception("Run %s failed: %s", run.pk, exc.code)
         final = _finish(
@@ -431,10 +463,10 @@ def run_execute(
             pending=pending,
             status=RunStatus.FAILED,
             text="".join(pieces),
+            completion=completion,
             error=(exc.code, exc.public_message),
         )
     else:
-        completion = completion or Completion(text="".join(pieces))
         final = _finish(
             run,
             pending=pending,
@@ -443,8 +475,7 @@ def run_execute(
             completion=completion,
         )
     finally:
-        if hasattr(source, "close"):
-            source.close()
+        source.close()
     if final is None:
         yield from run_events_after(run_id=run.pk, seq=run.last_event_seq)
         return
@@ -627,6 +658,7 @@ _END_FIELDS = (
     "output_message",
     "error_code",
     "error_message",
+    "incomplete_reason",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -634,6 +666,13 @@ _END_FIELDS = (
     "heartbeat_at",
     "last_event_seq",
 )
+
+
+# A completed run whose provider stopped early says why; its reply is incomplete.
+_INCOMPLETE_REASONS = {
+    FinishReason.LENGTH: RunIncompleteReason.LENGTH,
+    FinishReason.CONTENT_FILTER: RunIncompleteReason.CONTENT_FILTER,
+}
 
 
 def _ending(
@@ -648,8 +687,10 @@ def _ending(
     """Give ``run`` its final state in memory; the reply (if any) and the event rows to store."""
     now = timezone.now()
     reply = None
+    if status == RunStatus.COMPLETED and completion is not None:
+        run.incomplete_reason = _INCOMPLETE_REASONS.get(completion.finish_reason, "")
     if text:
-        finished = status == RunStatus.COMPLETED and (completion is None or completion.finished)
+        finished = status == RunStatus.COMPLETED and not run.incomplete_reason
         reply = Message(
             id=run.reply_message_id,
             thread_id=run.thread_id,

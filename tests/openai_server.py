@@ -5,14 +5,16 @@ events (``data: {chunk}`` lines, then ``data: [DONE]``) when the request says
 ``"stream": true``. What it answers is scripted per test: ``queue()`` the
 actions (``Reply``, ``Fail``, ``Raw``) in the order the requests will arrive;
 once the script is empty, ``default`` answers. Every request body is recorded
-in ``requests`` (and its headers in ``headers``) so tests can assert what the
-client sent.
+in ``requests`` (and its headers, names in lower case, in ``headers``) so
+tests can assert what the client sent.
 
 It runs in a background thread on 127.0.0.1 with an ephemeral port, so the
 real ``openai`` SDK talks to it over real HTTP.
 """
 
 import json
+import socket
+import struct
 import sys
 import threading
 from collections import deque
@@ -54,13 +56,16 @@ class Reply:
     middle of the chunked body and without ``[DONE]``. With ``cut_cleanly``
     the body is ended properly instead (as a proxy, or a server closing an
     HTTP/1.0 connection, would end it): only the missing finish reason and
-    ``[DONE]`` tell that the reply is cut short.
+    ``[DONE]`` tell that the reply is cut short. With ``reset`` the
+    connection is reset (a TCP RST) instead of closed. ``finish_reason=None``
+    sends none: ``null`` in a plain answer, no last chunk in a stream (which
+    still ends with ``[DONE]``).
     """
 
     text: str | None = "Hello from the fake server."
     chunks: int = 1
     chunk_delay: float = 0.0
-    finish_reason: str = "stop"
+    finish_reason: str | None = "stop"
     prompt_tokens: int = 11
     completion_tokens: int = 5
     delay: float = 0.0
@@ -68,6 +73,7 @@ class Reply:
     empty_choices: bool = False
     cut_after: int | None = None
     cut_cleanly: bool = False
+    reset: bool = False
 
     def usage(self) -> dict[str, int]:
         return {
@@ -119,7 +125,7 @@ class Reply:
         pieces = [] if self.empty_choices or not self.text else _pieces(self.text, self.chunks)
         for index, piece in enumerate(pieces):
             if self.cut_after is not None and index == self.cut_after:
-                handler.cut(cleanly=self.cut_cleanly)
+                handler.cut(cleanly=self.cut_cleanly, reset=self.reset)
                 return
             if index and self.chunk_delay:
                 handler.fake.sleep(self.chunk_delay)
@@ -127,9 +133,9 @@ class Reply:
             choice = {"index": 0, "delta": delta, "finish_reason": None}
             handler.send_event(self._chunk(body, [choice]))
         if self.cut_after is not None:
-            handler.cut(cleanly=self.cut_cleanly)
+            handler.cut(cleanly=self.cut_cleanly, reset=self.reset)
             return
-        if not self.empty_choices:
+        if not self.empty_choices and self.finish_reason is not None:
             last = {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
             handler.send_event(self._chunk(body, [last]))
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -178,9 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
             Fail(404, f"Unknown path {self.path}").serve(self, {})
             return
         body = json.loads(raw)
-        action = self.fake.next_action(
-            body, {name.lower(): value for name, value in self.headers.items()}
-        )
+        # HTTP header names are case-insensitive (the SDK sends them in lower case).
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        action = self.fake.next_action(body, headers)
         try:
             action.serve(self, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -212,12 +218,19 @@ class _Handler(BaseHTTPRequestHandler):
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
 
-    def cut(self, *, cleanly: bool = False) -> None:
-        """Close the connection, in the middle of the chunked body unless ``cleanly``."""
+    def cut(self, *, cleanly: bool = False, reset: bool = False) -> None:
+        """Close the connection, in the middle of the chunked body unless ``cleanly``.
+
+        With ``reset``, abort it: a zero linger time makes closing the socket
+        send a TCP RST, so the client's next read fails with a reset.
+        """
         if cleanly:
             self.end_stream()
         self.wfile.flush()
         self.close_connection = True
+        if reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -4,9 +4,9 @@ First the provider alone (success, and each failure mapped to the port's
 errors), then the same failures through ``POST .../runs``.
 """
 
-import contextlib
 import logging
 
+import httpx2
 import pytest
 
 from chatkit.providers import get_provider
@@ -15,6 +15,7 @@ from conversations.llm import (
     ChatMessage,
     Completion,
     Delta,
+    FinishReason,
     ProviderBadResponse,
     ProviderError,
     ProviderTimeout,
@@ -80,7 +81,7 @@ def test_complete_returns_text_usage_and_sends_model_and_messages(provider, open
     completion = provider.complete(MESSAGES)
 
     assert completion.text == "Hello, human."
-    assert completion.finished is True
+    assert completion.finish_reason is FinishReason.STOP
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (12, 4)
     assert completion.usage.total_tokens == 16
     assert completion.metadata == {"provider": "openai", "model": TEST_MODEL}
@@ -108,7 +109,7 @@ def test_stream_deltas_concatenate_to_the_text(provider, openai_server):
     assert "".join(delta.text for delta in deltas) == text
     assert isinstance(last, Completion)
     assert last.text == text
-    assert last.finished is True
+    assert last.finish_reason is FinishReason.STOP
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (9, 7)
     [sent] = openai_server.requests
     assert sent["stream"] is True
@@ -117,22 +118,22 @@ def test_stream_deltas_concatenate_to_the_text(provider, openai_server):
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
 
 
-def test_complete_cut_short_by_length_is_not_finished(provider, openai_server):
+def test_complete_cut_short_by_length_says_so(provider, openai_server):
     openai_server.queue(Reply(text="A reply that ran out of", finish_reason="length"))
 
     completion = provider.complete(MESSAGES)
 
     assert completion.text == "A reply that ran out of"
-    assert completion.finished is False
+    assert completion.finish_reason is FinishReason.LENGTH
 
 
-def test_stream_cut_short_by_length_is_not_finished(provider, openai_server):
+def test_stream_cut_short_by_length_says_so(provider, openai_server):
     openai_server.queue(Reply(text="A reply that ran out of", chunks=3, finish_reason="length"))
 
     *deltas, last = provider.stream(MESSAGES)
 
     assert "".join(d.text for d in deltas) == "A reply that ran out of"
-    assert last.finished is False
+    assert last.finish_reason is FinishReason.LENGTH
 
 
 @pytest.mark.parametrize(("answer", "expected", "needs_short_timeout"), FAILURE_PARAMS)
@@ -169,31 +170,43 @@ def test_stream_maps_failures_to_provider_errors(
     assert len(openai_server.requests) == 1
 
 
-def test_stream_cut_off_midway_is_a_provider_error(provider, openai_server):
-    openai_server.queue(Reply(text="one two three four", chunks=4, cut_after=2))
+@pytest.mark.parametrize(
+    ("reset", "transport_error"),
+    [(False, httpx2.RemoteProtocolError), (True, httpx2.ReadError)],
+    ids=["closed_mid_body", "reset"],
+)
+def test_stream_cut_off_midway_is_a_provider_error(provider, openai_server, reset, transport_error):
+    openai_server.queue(Reply(text="one two three four", chunks=4, cut_after=2, reset=reset))
 
     received = []
     with pytest.raises(ProviderError) as caught:
         received.extend(provider.stream(MESSAGES))
 
     assert type(caught.value) is ProviderError
+    # httpx2's own error, raised while the stream was read, is in the chain for the log.
+    causes = []
+    cause = caught.value.__cause__
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(each, transport_error) for each in causes), causes
     # What arrived before the cut was passed on, and no Completion claims the rest.
     assert all(isinstance(item, Delta) for item in received)
     assert "".join(d.text for d in received) == "one two th"
 
 
-def test_stream_ending_without_done_is_not_a_finished_reply(provider, openai_server):
+def test_stream_ending_without_done_has_no_finish_reason(provider, openai_server):
     # The body ends properly, but with neither a finish reason nor [DONE]:
-    # the reply was cut short and must not be stored as complete.
+    # the SDK raises nothing, and only the missing reason tells the reply
+    # was cut short (the run fails on it: test_finish_reason.py).
     openai_server.queue(Reply(text="one two three four", chunks=4, cut_after=2, cut_cleanly=True))
 
-    received = []
-    with contextlib.suppress(ProviderError):
-        received.extend(provider.stream(MESSAGES))
+    *deltas, last = provider.stream(MESSAGES)
 
-    assert "".join(d.text for d in received if isinstance(d, Delta)) == "one two th"
-    completions = [item for item in received if isinstance(item, Completion)]
-    assert not any(completion.finished for completion in completions)
+    assert "".join(d.text for d in deltas) == "one two th"
+    assert isinstance(last, Completion)
+    assert last.text == "one two th"
+    assert last.finish_reason is None
 
 
 def test_stream_stalling_midway_times_out(provider, openai_server, settings):
@@ -239,6 +252,7 @@ def test_run_with_openai_provider_stores_the_reply(api, thread, openai_settings)
     assert run["provider"] == "openai"
     assert run["model"] == TEST_MODEL
     assert run["error"] is None
+    assert run["incomplete_details"] is None
     assert run["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert run["output_message"]["content"] == "Bonjour!"
     assert run["output_message"]["status"] == "completed"
@@ -257,6 +271,8 @@ def test_run_cut_short_by_length_keeps_text_as_incomplete(api, thread, openai_se
     assert run["status"] == "completed"
     assert run["output_message"]["content"] == "It was the best of"
     assert run["output_message"]["status"] == "incomplete"
+    assert run["incomplete_details"] == {"reason": "length"}
+    assert run["error"] is None
     stored = Message.objects.get(pk=run["output_message"]["id"])
     assert stored.status == Message.Status.INCOMPLETE
 

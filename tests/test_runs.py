@@ -24,6 +24,7 @@ RUN_KEYS = {
     "input_message",
     "output_message",
     "error",
+    "incomplete_details",
     "usage",
     "provider",
     "model",
@@ -99,6 +100,7 @@ def test_run_has_the_contract_shape(api, session, thread):
     assert run["provider"] == "echo"
     assert run["model"] == "echo-1"
     assert run["error"] is None
+    assert run["incomplete_details"] is None
     assert run["metadata"] == {"source": "test"}
     usage = run["usage"]
     assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 
-from conversations.llm import ChatMessage, Completion, Delta, Usage
+from conversations.llm import ChatMessage, Completion, Delta, FinishReason, Usage
 
 NOTICE = "Development provider: the reply repeats your message."
 _PIECE = re.compile(r"\S+\s*|\s+")
@@ -33,7 +33,10 @@ class EchoProvider:
 
     def _completion(self, text: str, usage: Usage) -> Completion:
         return Completion(
-            text=text, usage=usage, metadata={"provider": self.name, "notice": NOTICE}
+            text=text,
+            usage=usage,
+            finish_reason=FinishReason.STOP,
+            metadata={"provider": self.name, "notice": NOTICE},
         )
 
     def complete(self, messages: list[ChatMessage]) -> Completion:

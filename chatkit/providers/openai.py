@@ -16,13 +16,21 @@ from conversations.llm import (
     ChatMessage,
     Completion,
     Delta,
+    FinishReason,
     ProviderBadResponse,
     ProviderError,
     ProviderTimeout,
     Usage,
 )
 
-_STOPPED_EARLY = {"length", "content_filter"}
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    # A reply that ends by calling a tool or function is whole too.
+    "tool_calls": FinishReason.STOP,
+    "function_call": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
 
 
 @lru_cache(maxsize=8)
@@ -34,6 +42,17 @@ def _client(api_key: str, base_url: str | None, timeout: float, max_retries: int
         timeout=timeout,
         max_retries=max_retries,
     )
+
+
+def _finish_reason(raw: str | None) -> FinishReason | None:
+    """The port's reason for the server's ``finish_reason``; None if it gave none.
+
+    A reason of the server's own (TGI's ``eos_token``, say) still says that
+    the reply came to its end.
+    """
+    if raw is None:
+        return None
+    return _FINISH_REASONS.get(raw, FinishReason.STOP)
 
 
 def _usage(raw) -> Usage | None:
@@ -79,7 +98,7 @@ class OpenAIProvider:
         return Completion(
             text=text,
             usage=_usage(getattr(response, "usage", None)),
-            finished=choices[0].finish_reason not in _STOPPED_EARLY,
+            finish_reason=_finish_reason(choices[0].finish_reason),
             metadata=self._metadata(),
         )
 
@@ -109,8 +128,8 @@ class OpenAIProvider:
         yield Completion(
             text="".join(pieces),
             usage=usage,
-            # A stream cut off before its finish_reason is a reply cut short.
-            finished=finish_reason is not None and finish_reason not in _STOPPED_EARLY,
+            # None if the stream ended before the server said why it stopped.
+            finish_reason=_finish_reason(finish_reason),
             metadata=self._metadata(),
         )
 
