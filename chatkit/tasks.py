@@ -16,11 +16,14 @@ logger = logging.getLogger(__name__)
 @task()
 def execute_run(run_id: str) -> None:
     """Carry out a queued run. A second delivery of the same run does nothing."""
+    # The provider first: a configuration error raises before the run is
+    # claimed, instead of leaving it in progress until its lease runs out.
+    provider = get_provider()
     run = runs.run_claim(run_id=run_id)
     if run is None:
         logger.info("Run %s is not queued any more; nothing to do", run_id)
         return
-    for _event in runs.run_execute(run=run, provider=get_provider(), stream=True):
+    for _event in runs.run_execute(run=run, provider=provider, stream=True):
         pass
 
 
