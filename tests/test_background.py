@@ -7,6 +7,7 @@ database and the same task queue this process enqueues into.
 import threading
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from huey.contrib.djhuey import HUEY
 
@@ -189,6 +190,19 @@ def test_redelivered_task_carries_the_run_out_once(thread):
     assert names.count("run.completed") == 1
     assert names.count("message.completed") == 1
     assert runs.run_claim(run_id=run.pk) is None
+
+
+@pytest.mark.django_db
+def test_a_misconfigured_provider_leaves_the_run_queued_not_claimed(thread, settings):
+    run = start_queued(thread, "no provider")
+    settings.LLM_PROVIDER = "no-such-provider"
+
+    with pytest.raises(ImproperlyConfigured):
+        execute_run.call(run_id=str(run.pk))
+
+    run.refresh_from_db()
+    assert run.status == "queued"
+    assert run.started_at is None
 
 
 @pytest.mark.django_db(transaction=True)
