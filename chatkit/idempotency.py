@@ -20,6 +20,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.request import Request
 
+from . import stream_slots
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyReused
 from .models import IdempotencyRecord
 from .streaming import event_stream_response, follow_run_stream
@@ -75,7 +76,10 @@ def _claim(user, key: str, fingerprint: str) -> IdempotencyRecord | None:
 
 def _replay(record: IdempotencyRecord) -> HttpResponseBase:
     if record.stream_run_id is not None:
-        response = event_stream_response(follow_run_stream(run_id=record.stream_run_id, after=0))
+        # A replayed stream holds a request thread like any other.
+        slot = stream_slots.acquire(user_id=record.user_id)
+        body = follow_run_stream(run_id=record.stream_run_id, after=0)
+        response = event_stream_response(slot.holding(body))
     else:
         response = HttpResponse(
             bytes(record.response_body or b""),
