@@ -105,9 +105,18 @@ class HeldBody:
             self.slot.release()
 
 
+class _Uncapped(StreamSlot):
+    """What a stream holds with the cap off (0): nothing."""
+
+    def release(self) -> None:
+        pass
+
+
 def acquire(*, user_id: Any) -> StreamSlot:
     """Take a free stream slot of the user, or raise ``StreamLimitReached``."""
     limit = settings.MAX_STREAMS_PER_USER
+    if not limit:
+        return _Uncapped("")
     keys = [f"{KEY_PREFIX}:{user_id}:{index}" for index in range(limit)]
     taken = cache.get_many(keys)
     for key in keys:

@@ -110,6 +110,19 @@ def test_a_run_that_ends_frees_its_slot(api, owner):
 
 
 @pytest.mark.django_db
+def test_zero_turns_the_limit_off(api, owner, settings):
+    threads = new_threads(owner, LIMIT + 2)
+    for thread in threads[:LIMIT]:
+        assert post_background(api, thread).status_code == 202
+    assert_limit_reached(post_background(api, threads[LIMIT]))
+
+    settings.MAX_ACTIVE_RUNS_PER_USER = 0
+
+    for thread in threads[LIMIT:]:
+        assert post_background(api, thread).status_code == 202
+
+
+@pytest.mark.django_db
 def test_runs_whose_lease_ran_out_are_expired_instead_of_counted(api, owner, settings):
     threads = new_threads(owner, LIMIT + 1)
     stale = [post_background(api, thread).json()["data"]["id"] for thread in threads[:LIMIT]]

@@ -211,6 +211,19 @@ def test_a_replayed_stream_counts(live_server, owner):
             assert_stream_limit(replay)
 
 
+def test_zero_turns_the_cap_off(live_server, owner, settings):
+    run = queued_run(owner)
+    with ExitStack() as held:
+        for _ in range(LIMIT):
+            assert held.enter_context(follow(live_server, owner, run)).status == 200
+        assert_refused(live_server, owner, run)
+
+        settings.MAX_STREAMS_PER_USER = 0
+
+        for _ in range(LIMIT):
+            assert held.enter_context(follow(live_server, owner, run)).status == 200
+
+
 def test_a_live_stream_keeps_its_slot_past_its_lease(live_server, owner, settings):
     settings.STREAM_SLOT_TTL_SECONDS = 3
     run = queued_run(owner)
