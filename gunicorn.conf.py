@@ -5,6 +5,9 @@ for as long as the reply takes, waiting on I/O. Many threads per process keep
 slow streams from starving other requests, while the GIL is released during
 that waiting; two processes use both cores. Each process uses at most
 DB_POOL_MAX_SIZE database connections, however many threads it has.
+MAX_STREAMS_PER_USER (8) and MAX_ACTIVE_RUNS_PER_USER (4) keep one user from
+holding more than a few of the 2 x 128 threads; keep them well below
+WEB_CONCURRENCY x WEB_THREADS.
 """
 
 import os

@@ -72,10 +72,13 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
     env.setdefault("SECRET_KEY", "benchmark-only-" + secrets.token_hex(16))
     env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatbot")
     env.setdefault("ALLOWED_HOSTS", HOST)
-    # Benchmarks measure capacity, not the limits: throttles off, no quota.
+    # Benchmarks measure capacity, not the limits: throttles off, no quota,
+    # no per-user caps (their one user stands for many).
     for name in ("THROTTLE_AUTH", "THROTTLE_RUNS", "THROTTLE_USER"):
         env.setdefault(name, "")
     env.setdefault("MAX_SESSIONS_PER_USER", "1000000000")
+    env.setdefault("MAX_STREAMS_PER_USER", "0")
+    env.setdefault("MAX_ACTIVE_RUNS_PER_USER", "0")
     env.update(extra)
     return env
 

@@ -207,6 +207,15 @@ BENCH_BARE_VIEWS = env_bool("BENCH_BARE_VIEWS", False)
 
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
+# Fair shares (README, "Fair shares"): per user, whatever the thread counts.
+# Open event streams hold request threads (2 processes x 128 by default);
+# counted in the cache, so across processes only with a shared CACHE_URL.
+MAX_STREAMS_PER_USER = env_int("MAX_STREAMS_PER_USER", 8)
+# A stream's slot is renewed while the stream lives; a crashed process's
+# slots expire after this.
+STREAM_SLOT_TTL_SECONDS = env_int("STREAM_SLOT_TTL_SECONDS", 60)
+# Queued + in progress, across all the user's threads (worker threads: 128).
+MAX_ACTIVE_RUNS_PER_USER = env_int("MAX_ACTIVE_RUNS_PER_USER", 4)
 # Every body the contract allows must fit. The largest is a run's: input and
 # instructions of 32,000 characters each and metadata of 16 keys of 64 and
 # values of 512 characters. In JSON's default ASCII-only escaping an astral

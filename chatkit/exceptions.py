@@ -85,6 +85,7 @@ _DOMAIN_STATUS = {
     "SESSION_LIMIT_REACHED": 409,
     "RUN_IN_PROGRESS": 409,
     "RUN_NOT_ACTIVE": 409,
+    "THROTTLED": 429,
 }
 
 
@@ -122,7 +123,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
 
     if isinstance(exc, DomainError):
         status = _DOMAIN_STATUS.get(exc.code, 409)
-        return Response(error_body(exc.code, exc.message, exc.details), status=status)
+        details, headers = exc.details, {}
+        if status == 429:
+            # A per-user limit (conversations.errors.LimitReached): as for
+            # every 429, say when to try again.
+            details = {**(details or {}), "retry_after_seconds": RETRY_AFTER_SECONDS}
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return Response(error_body(exc.code, exc.message, details), status=status, headers=headers)
 
     for exc_class, status, code, default_message in _API_EXCEPTIONS:
         if isinstance(exc, exc_class):

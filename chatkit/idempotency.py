@@ -22,6 +22,7 @@ from rest_framework.request import Request
 
 from conversations.models import Run
 
+from . import stream_slots
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyReused
 from .models import IdempotencyRecord
 from .streaming import DONE, event_stream_response, follow_run_stream
@@ -84,7 +85,9 @@ def _replay(record: IdempotencyRecord) -> HttpResponseBase:
         )
         # A run deleted since, with its session or thread, left nothing to replay.
         body = follow_run_stream(run=run, after=0) if run is not None else iter([DONE])
-        response = event_stream_response(body)
+        # A replayed stream holds a request thread like any other.
+        slot = stream_slots.acquire(user_id=record.user_id)
+        response = event_stream_response(slot.holding(body))
     else:
         response = HttpResponse(
             bytes(record.response_body or b""),

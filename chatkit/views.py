@@ -20,6 +20,7 @@ from chatbot_project.db_router import replica_reads
 from conversations import runs, services
 from conversations.models import Conversation, Message, Run, Thread
 
+from . import stream_slots
 from .idempotency import IdempotentPostMixin
 from .pagination import KeysetPagination
 from .providers import get_provider
@@ -287,11 +288,19 @@ class RunViewSet(
         if options["background"]:
             run = runs.run_start(**start, queued=True, on_commit=enqueue_run)
             return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-        run = runs.run_start(**start)
         if _wants_stream(request, options):
-            response = event_stream_response(live_run_stream(run=run, provider=provider))
+            # Past the user's stream cap nothing is created.
+            slot = stream_slots.acquire(user_id=request.user.pk)
+            try:
+                run = runs.run_start(**start)
+            except BaseException:
+                slot.release()
+                raise
+            body = slot.holding(live_run_stream(run=run, provider=provider))
+            response = event_stream_response(body)
             response.run_id = run.pk  # what an Idempotency-Key replay streams again
             return response
+        run = runs.run_start(**start)
         events = list(runs.run_execute(run=run, provider=provider, stream=False))
         return Response(events[-1].data, status=status.HTTP_201_CREATED)
 
@@ -328,4 +337,5 @@ class RunViewSet(
             if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                 raise ValidationError({name: ["Must be a non-negative event id."]})
             after = int(raw)
-        return event_stream_response(follow_run_stream(run=run, after=after))
+        slot = stream_slots.acquire(user_id=request.user.pk)
+        return event_stream_response(slot.holding(follow_run_stream(run=run, after=after)))

@@ -38,3 +38,17 @@ class RunInProgress(DomainError):
 class RunNotActive(DomainError):
     code = "RUN_NOT_ACTIVE"
     message = "This run has already ended."
+
+
+class LimitReached(DomainError):
+    """A user holds as much of a shared resource as one user may: retry once some is freed.
+
+    ``details`` say which (``reason``) and the ``limit``.
+    """
+
+    code = "THROTTLED"
+    message = "You have reached a limit on what one user may hold at once."
+
+
+class ActiveRunLimitReached(LimitReached):
+    message = "You have too many runs queued or in progress; retry when one has ended."

@@ -79,22 +79,28 @@ def update(
     return sql, params
 
 
-def send(statements: Sequence[Statement]) -> int:
+def send(statements: Sequence[Statement]) -> list[int]:
     """Run ``statements`` in one round trip, in the caller's transaction.
 
-    Returns the last statement's row count.
+    Returns each statement's row count.
     """
     sql = "; ".join(statement for statement, _ in statements)
     params = [param for _, statement_params in statements for param in statement_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        counts = [cursor.rowcount]
         while cursor.nextset():
-            pass
-        return cursor.rowcount
+            counts.append(cursor.rowcount)
+        return counts
 
 
 def execute_together(statements: Sequence[Statement]) -> int:
-    """Run ``statements`` in one round trip, committed on return; the last one's row count.
+    """Run ``statements`` in one round trip, committed on return; the last one's row count."""
+    return execute_each(statements)[-1]
+
+
+def execute_each(statements: Sequence[Statement]) -> list[int]:
+    """``execute_together``, returning each statement's row count.
 
     Refuses to run inside a transaction, where nothing would be committed on
     return; inside a test's transaction it runs in a savepoint, so that a

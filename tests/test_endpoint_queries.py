@@ -176,14 +176,16 @@ def test_background_run_post(
 
     # 1. SELECT the user named by the access token
     # 2. SELECT the thread joined to its session, the URL's and the user's
-    # run_start, one transaction: 3. SAVEPOINT, then INSERT the user
-    # message, INSERT the run events (run.created, message.created) and
-    # INSERT the run, sent together on PostgreSQL (4), one by one on SQLite
-    # (4, 5, 6), and RELEASE SAVEPOINT
+    # run_start, one transaction: 3. SAVEPOINT, then lock the user's row,
+    # INSERT the run if the user has fewer than MAX_ACTIVE_RUNS_PER_USER
+    # active runs, INSERT the user message and the run events (run.created,
+    # message.created), sent together on PostgreSQL (4); on SQLite, whose
+    # transaction holds the write lock, COUNT the user's active runs and the
+    # three INSERTs one by one (4 to 7); and RELEASE SAVEPOINT
     # and nothing else: the task is enqueued only once that commits.
     with (
         django_capture_on_commit_callbacks(execute=False) as callbacks,
-        django_assert_num_queries(5 if connection.vendor == "postgresql" else 7),
+        django_assert_num_queries(5 if connection.vendor == "postgresql" else 8),
     ):
         response = api.post(
             f"{thread_url(thread)}/runs", {"input": "Later", "background": True}, format="json"

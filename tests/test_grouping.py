@@ -153,7 +153,9 @@ def stored_pieces(run: Run) -> list[tuple[int, int, list[str]]]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_batches_of_many_runs_stored_at_once_are_committed_each_in_its_place(owner):
+def test_batches_of_many_runs_stored_at_once_are_committed_each_in_its_place(owner, settings):
+    # Twelve runs of one user at once: more than the per-user cap allows.
+    settings.MAX_ACTIVE_RUNS_PER_USER = 12
     started = start_runs(owner, 12)
     before = timezone.now()
     first_seq = {run.pk: run.last_event_seq + 1 for run in started}

@@ -36,13 +36,15 @@ def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
     # 1 SELECT user (token authentication)
     # 2 SELECT thread JOIN session, the user's own and the URL's
     # run_start, one transaction:
-    #   PostgreSQL: 3 SAVEPOINT, 4 INSERT user message; INSERT run events
-    #   (run.created, message.created, run.in_progress); INSERT run, sent
-    #   together (conversations/statements.py), 5 RELEASE SAVEPOINT. In
-    #   production there is no savepoint: the statements are their own
-    #   transaction.
-    #   SQLite: 3 SAVEPOINT, 4 INSERT user message, 5 INSERT run events,
-    #   6 INSERT run, 7 RELEASE SAVEPOINT
+    #   PostgreSQL: 3 SAVEPOINT, 4 SELECT the user FOR NO KEY UPDATE; INSERT
+    #   run if the user has fewer than MAX_ACTIVE_RUNS_PER_USER active runs;
+    #   INSERT user message; INSERT run events (run.created, message.created,
+    #   run.in_progress), sent together (conversations/statements.py),
+    #   5 RELEASE SAVEPOINT. In production there is no savepoint: the
+    #   statements are their own transaction.
+    #   SQLite: 3 SAVEPOINT, 4 COUNT the user's active runs (up to the
+    #   limit), 5 INSERT user message, 6 INSERT run events, 7 INSERT run,
+    #   8 RELEASE SAVEPOINT
     # then the newest messages (the provider's context): one SELECT
     # the reply and the final status:
     #   PostgreSQL: SAVEPOINT, one statement (UPDATE run if still in
@@ -51,7 +53,7 @@ def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
     #   RELEASE SAVEPOINT; in production the statement is its own transaction
     #   SQLite: SAVEPOINT, SELECT run FOR UPDATE, INSERT assistant message,
     #   INSERT run events, UPDATE run, RELEASE SAVEPOINT
-    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 14):
+    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 15):
         response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
 
     assert response.status_code == 201
@@ -64,7 +66,7 @@ def test_first_run_of_a_new_chat_adds_only_the_rename(api, owner, django_assert_
     # The queries above, plus the session's UPDATE to its new title in
     # run_start's transaction: a statement of its own on SQLite, sent with
     # the inserts on PostgreSQL.
-    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 15):
+    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 16):
         response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
 
     assert response.status_code == 201

@@ -492,7 +492,9 @@ def test_concurrent_runs_on_one_thread_admit_exactly_one(owner, openai_settings)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_runs_on_different_threads_all_succeed(owner):
+def test_concurrent_runs_on_different_threads_all_succeed(owner, settings):
+    # Six runs of one user at once: more than the per-user cap allows.
+    settings.MAX_ACTIVE_RUNS_PER_USER = 6
     session = Conversation.objects.create(user=owner)
     threads = [Thread.objects.create(conversation=session) for _ in range(6)]
     clients = [client_for(owner) for _ in threads]
