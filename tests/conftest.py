@@ -6,8 +6,19 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts.authentication import token_cache, user_cache
 from accounts.models import User
 from conversations.models import Conversation, Thread
+from tests.task_queue import remove_test_queue, use_test_queue
 
 PASSWORD = "correct horse battery staple"
+
+
+def pytest_configure(config):
+    # Before any test database is made: it is migrated, which makes the
+    # queue's tables, and they must be made there.
+    use_test_queue()
+
+
+def pytest_unconfigure(config):
+    remove_test_queue()
 
 
 @pytest.fixture(autouse=True)
