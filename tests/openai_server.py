@@ -17,7 +17,6 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
-from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -179,9 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             Fail(404, f"Unknown path {self.path}").serve(self, {})
             return
         body = json.loads(raw)
-        # The message itself, whose lookups ignore case as HTTP does: the SDK
-        # sends its header names in lower case.
-        action = self.fake.next_action(body, self.headers)
+        action = self.fake.next_action(body, dict(self.headers))
         try:
             action.serve(self, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -240,7 +237,7 @@ class FakeOpenAIServer:
     def __init__(self) -> None:
         self.default: Action = Reply()
         self.requests: list[dict[str, Any]] = []
-        self.headers: list[HTTPMessage] = []
+        self.headers: list[dict[str, str]] = []
         self._script: deque[Action] = deque()
         self._lock = threading.Condition()
         self._stopping = threading.Event()
@@ -264,7 +261,7 @@ class FakeOpenAIServer:
         with self._lock:
             self._script.extend(actions)
 
-    def next_action(self, body: dict[str, Any], headers: HTTPMessage) -> Action:
+    def next_action(self, body: dict[str, Any], headers: dict[str, str]) -> Action:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
