@@ -22,6 +22,16 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(autouse=True)
+def _offline_provider(settings):
+    # The offline echo provider, whatever the developer's shell exports
+    # (LLM_PROVIDER=openai would send every test's run to a real model).
+    # Tests of the OpenAI provider set their own (tests/conftest_openai.py).
+    settings.LLM_PROVIDER = "echo"
+    settings.LLM_MODEL = ""
+    settings.ECHO_DELAY_MS = 0
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The default PBKDF2 costs a quarter of a second per user.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -251,6 +251,8 @@ def worker_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=_database_url(),
         SECRET_KEY=settings.SECRET_KEY,
         LLM_PROVIDER="echo",
+        LLM_MODEL="",
+        ECHO_DELAY_MS="0",
         PYTHONUNBUFFERED="1",
     )
     env.pop("TASKS_SQLITE_PATH", None)
