@@ -1,7 +1,9 @@
 """Account writes."""
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from rest_framework import serializers
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from .models import User
 
@@ -15,3 +17,13 @@ def user_create(*, username: str, password: str, email: str = "") -> User:
         raise serializers.ValidationError(
             {"username": ["A user with that username already exists."]}
         ) from None
+
+
+def purge_expired_tokens() -> int:
+    """Forget refresh tokens past their expiry, with their blacklist rows; returns how many.
+
+    What simplejwt's ``flushexpiredtokens`` does. An expired token is refused
+    for its expiry alone, so its rows no longer protect anything.
+    """
+    _, deleted = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted.get(OutstandingToken._meta.label, 0)

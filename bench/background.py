@@ -15,7 +15,7 @@ import threading
 import time
 
 import psycopg
-from harness import new_threads, new_user, request, running_stack, server_env
+from harness import database_url, new_threads, new_user, request, running_stack
 
 PIECES = 50
 DELAY_MS = 40
@@ -34,7 +34,7 @@ def wait_all(run_ids: list[str], deadline: float) -> dict[str, int]:
     Straight from PostgreSQL, every 50 ms: polling 200 runs over the API
     would load the very server being measured.
     """
-    with psycopg.connect(server_env({})["DATABASE_URL"], autocommit=True) as conn:
+    with psycopg.connect(database_url(), autocommit=True) as conn:
         while True:
             rows = conn.execute(
                 "SELECT status, count(*) FROM conversations_run WHERE id = ANY(%s) GROUP BY status",
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--port", type=int, default=8813)
     args = parser.parse_args()
+    # It watches the runs straight from PostgreSQL.
+    database_url(postgresql_only=True)
     text = " ".join(f"word{i}" for i in range(PIECES - 1))
 
     with running_stack(args.port, {"ECHO_DELAY_MS": str(DELAY_MS)}, worker=True):

@@ -2,7 +2,9 @@
 
 The server is started the way the README's production section says
 (gunicorn with gunicorn.conf.py, `manage.py worker`), on the database in
-DATABASE_URL (PostgreSQL for published numbers).
+DATABASE_URL (PostgreSQL for published numbers; DEFAULT_DATABASE_URL when it
+is unset). Every benchmark migrates its database first, and one that cannot
+run on it stops with a message that names DATABASE_URL.
 """
 
 import contextlib
@@ -15,10 +17,58 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/chatbot"
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def database_url(*, postgresql_only: bool = False) -> str:
+    """DATABASE_URL, else DEFAULT_DATABASE_URL; with ``postgresql_only``, refuses others."""
+    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    if postgresql_only and not url.startswith(("postgres://", "postgresql://")):
+        raise SystemExit(
+            f"{Path(sys.argv[0]).name} needs PostgreSQL: set DATABASE_URL to a PostgreSQL "
+            f"database (now {_shown(url)}; unset, {DEFAULT_DATABASE_URL})"
+        )
+    return url
+
+
+def setup_django(*, postgresql_only: bool = False, **defaults: str) -> None:
+    """Django in this process, on the benchmark's database; ``defaults`` for other settings."""
+    os.environ["DATABASE_URL"] = database_url(postgresql_only=postgresql_only)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_project.settings")
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def migrate_database() -> str:
+    """After ``setup_django()``: migrate the benchmark's database; what to print of it."""
+    from django.core.management import call_command
+    from django.db import OperationalError, connection
+
+    try:
+        call_command("migrate", interactive=False, verbosity=0)
+    except OperationalError as exc:
+        raise SystemExit(
+            f"Could not migrate the benchmark's database: {exc}\nSet DATABASE_URL to a "
+            f"database that exists (unset, {DEFAULT_DATABASE_URL})"
+        ) from None
+    return f"{connection.vendor}: {connection.settings_dict['NAME']}"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -70,7 +120,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def server_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("SECRET_KEY", "benchmark-only-" + secrets.token_hex(16))
-    env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatbot")
+    env["DATABASE_URL"] = database_url()
     env.setdefault("ALLOWED_HOSTS", HOST)
     # Benchmarks measure capacity, not the limits: throttles off, no quota,
     # no per-user caps (their one user stands for many).
@@ -87,9 +137,13 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 def running_stack(port: int, extra_env: dict[str, str], worker: bool) -> Iterator[list[int]]:
     """gunicorn (and the worker) as in production; yields their pids."""
     env = server_env(extra_env)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
-    )
+    print(f"database: {_shown(env['DATABASE_URL'])}", flush=True)
+    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
+    if subprocess.run(migrate, cwd=ROOT, env=env, check=False).returncode != 0:
+        raise SystemExit(
+            "Could not migrate the benchmark's database (the error is above): set "
+            f"DATABASE_URL to a database that exists (unset, {DEFAULT_DATABASE_URL})"
+        )
     procs = [
         subprocess.Popen(
             [

@@ -8,30 +8,26 @@ sits 50,000 items deep, and prints the ratios of the medians. Target: the
 deep page at most 1.2 times the first. The second page shows what a cursor
 costs at any depth.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/chatbot \\
-        .venv/bin/python bench/paging_depth.py [--depth 50000] [--requests 200]
+    .venv/bin/python bench/paging_depth.py [--depth 50000] [--requests 200]
 
+On DATABASE_URL (default PostgreSQL at 127.0.0.1/chatbot), migrated first;
 PostgreSQL only (it numbers the rows with a window function).
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_project.settings")
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("ALLOWED_HOSTS", "testserver")
-os.environ.setdefault("THROTTLE_USER", "")  # hundreds of requests from one user
+from harness import migrate_database, setup_django
 
-import django
-
-django.setup()
+setup_django(
+    postgresql_only=True,
+    DEBUG="1",
+    ALLOWED_HOSTS="testserver",
+    THROTTLE_USER="",  # hundreds of requests from one user
+)
 
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -60,6 +56,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=50_000)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
+    database = migrate_database()
 
     user = User.objects.create_user(username=f"bench-{uuid.uuid4().hex[:8]}", password=None)
     try:
@@ -103,7 +100,7 @@ def main() -> None:
     first_ms = statistics.median(first) * 1000
     second_ms = statistics.median(second) * 1000
     deep_ms = statistics.median(deep) * 1000
-    print(f"database: {connection.vendor}; {args.depth + 40} sessions of one user")
+    print(f"database: {database}; {args.depth + 40} sessions of one user")
     print(f"first page:            median {first_ms:.2f} ms")
     print(f"second page (cursor):  median {second_ms:.2f} ms")
     print(f"page at depth {args.depth}: median {deep_ms:.2f} ms")

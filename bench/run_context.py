@@ -4,32 +4,27 @@ Times synchronous echo runs over the full request path (in-process test
 client, real database) on an empty thread and on one with 10,000 messages,
 and prints the ratio of the medians. Target: at most 1.2.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/chatbot \\
-        .venv/bin/python bench/run_context.py [--runs 50] [--history 10000]
+    .venv/bin/python bench/run_context.py [--runs 50] [--history 10000]
 
-It creates its own user and deletes it (with everything it owns) at the end.
+On DATABASE_URL (default PostgreSQL at 127.0.0.1/chatbot; SQLite works too),
+migrated first. It creates its own user and deletes it (with everything it
+owns) at the end.
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_project.settings")
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("ALLOWED_HOSTS", "testserver")
-os.environ.setdefault("THROTTLE_RUNS", "")
-os.environ.setdefault("THROTTLE_USER", "")
+from harness import migrate_database, setup_django
 
-import django
+setup_django(
+    DEBUG="1",
+    ALLOWED_HOSTS="testserver",
+    THROTTLE_RUNS="",
+    THROTTLE_USER="",
+)
 
-django.setup()
-
-from django.db import connection  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 from rest_framework_simplejwt.tokens import RefreshToken  # noqa: E402
 
@@ -54,6 +49,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--history", type=int, default=10_000)
     args = parser.parse_args()
+    database = migrate_database()
 
     user = User.objects.create_user(username=f"bench-{uuid.uuid4().hex[:8]}", password=None)
     try:
@@ -84,7 +80,7 @@ def main() -> None:
 
     empty_median = statistics.median(empty_times) * 1000
     long_median = statistics.median(long_times) * 1000
-    print(f"database: {connection.vendor}")
+    print(f"database: {database}")
     print(f"runs per thread: {args.runs}; history on the long thread: {args.history} messages")
     print(f"empty thread: median {empty_median:.2f} ms")
     print(f"long thread:  median {long_median:.2f} ms")

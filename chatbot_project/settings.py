@@ -79,12 +79,16 @@ MIDDLEWARE = [
     "chatkit.middleware.HeadWithoutBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Above the probes, so that their answers carry it too.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # /healthz and /readyz by any Host (probes come by address), before
+    # CommonMiddleware checks it against ALLOWED_HOSTS for everything else.
+    "chatkit.middleware.HealthProbeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, so its 413 still gets every header the middleware above adds; it
     # still runs before any view reads the body.
     "chatkit.middleware.BodySizeLimitMiddleware",

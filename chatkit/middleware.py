@@ -1,4 +1,5 @@
-"""Request id, HEAD without a body, and the request body's size, before anything reads it."""
+"""Request id, HEAD without a body, health probes and the request body's size,
+before anything reads it."""
 
 import io
 import re
@@ -10,6 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from . import health
 from .exceptions import error_response
 from .logging import request_id_var
 
@@ -58,6 +60,32 @@ class HeadWithoutBodyMiddleware:
                 response.streaming_content = ()
             else:
                 response.content = b""
+        return response
+
+
+class HealthProbeMiddleware:
+    """Answer ``/healthz`` and ``/readyz`` whatever the request's Host.
+
+    Probes come by address (the image's HEALTHCHECK, an orchestrator, a load
+    balancer), with a Host that ``ALLOWED_HOSTS`` rightly refuses for the rest
+    of the site: CommonMiddleware would answer them 400. So they are answered
+    here, before it; nothing on the way reads the Host, and the probes read
+    only the method and the path. Every other path goes on unchanged.
+    """
+
+    PROBES = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.PROBES.get(request.path_info)
+        if probe is None:
+            return self.get_response(request)
+        response = probe(request)
+        # What CommonMiddleware, skipped here, would have set.
+        if not response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))
         return response
 
 

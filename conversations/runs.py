@@ -506,8 +506,9 @@ def run_execute(
         messages = run_context(run=run)
     release_connection()
     flush_interval = settings.STREAM_FLUSH_MS / 1000
-    # Without streaming nobody waits for the first piece: store it with the end.
-    last_flush = 0.0 if stream else time.monotonic()
+    # Streaming, the first piece is stored (and sent) at once, whatever the
+    # clock reads; without streaming nobody waits for it: store it with the end.
+    last_flush = None if stream else time.monotonic()
     pieces: list[str] = []
     pending: list[str] = []
     completion: Completion | None = None
@@ -556,14 +557,16 @@ def run_execute(
     yield from final
 
 
-def _flush_due(last: float, now: float, interval: float) -> bool:
+def _flush_due(last: float | None, now: float, interval: float) -> bool:
     """Whether a new tick of the process-wide flush clock began since ``last``.
 
     Every stream of a process flushes on the same clock, so their batches
     reach ``_delta_writer`` together and are stored in a few big groups
-    rather than in many small ones.
+    rather than in many small ones. ``last`` None: the stream has not
+    flushed yet, so it is due whatever the clock's phase (``monotonic()``
+    may well be inside the clock's first tick, on a freshly started host).
     """
-    return not interval or now // interval > last // interval
+    return last is None or not interval or now // interval > last // interval
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,29 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts.authentication import token_cache, user_cache
 from accounts.models import User
 from conversations.models import Conversation, Thread
+from tests.task_queue import remove_test_queue, use_test_queue
 
 PASSWORD = "correct horse battery staple"
+
+
+def pytest_configure(config):
+    # Before any test database is made: it is migrated, which makes the
+    # queue's tables, and they must be made there.
+    use_test_queue()
+
+
+def pytest_unconfigure(config):
+    remove_test_queue()
+
+
+@pytest.fixture(autouse=True)
+def _offline_provider(settings):
+    # The offline echo provider, whatever the developer's shell exports
+    # (LLM_PROVIDER=openai would send every test's run to a real model).
+    # Tests of the OpenAI provider set their own (tests/conftest_openai.py).
+    settings.LLM_PROVIDER = "echo"
+    settings.LLM_MODEL = ""
+    settings.ECHO_DELAY_MS = 0
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,8 @@ from django.conf import settings
 from django.db import connection
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from tests.task_queue import worker_queue_env
+
 SESSIONS = "/api/v1/chatkit/sessions"
 # Per socket read; a stream that stays silent longer is a failure, not a hang.
 READ_TIMEOUT = 15.0
@@ -249,14 +251,12 @@ def worker_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=_database_url(),
         SECRET_KEY=settings.SECRET_KEY,
         LLM_PROVIDER="echo",
+        LLM_MODEL="",
+        ECHO_DELAY_MS="0",
         PYTHONUNBUFFERED="1",
     )
-    if settings.HUEY.get("huey_class") == "huey.SqliteHuey":
-        env["TASKS_DATABASE_URL"] = env["DATABASE_URL"]
-        env["TASKS_SQLITE_PATH"] = settings.HUEY["filename"]
-    else:
-        env["TASKS_DATABASE_URL"] = settings.TASKS_DATABASE_URL
-        env.pop("TASKS_SQLITE_PATH", None)
+    env.pop("TASKS_SQLITE_PATH", None)
+    env.update(worker_queue_env(env["DATABASE_URL"]))
     env.update(extra)
     return env
 

@@ -5,6 +5,8 @@ id per piece, so a client can resume from any id, even inside a batch, and
 gets every event exactly once.
 """
 
+from types import SimpleNamespace
+
 import pytest
 
 from chatkit.providers import get_provider
@@ -80,10 +82,12 @@ def test_replay_of_a_finished_run_is_every_event_then_done(api, thread):
 
 
 @pytest.mark.django_db
-def test_last_event_id_resumes_right_after_it(api, thread, settings):
+def test_last_event_id_resumes_right_after_it(api, thread, settings, monkeypatch):
     # One batch for the first piece, one for all the rest: resuming inside a
-    # batch must still give one event per id, none twice, none missing.
+    # batch must still give one event per id, none twice, none missing. The
+    # flush clock stands still, so no tick can begin while the run streams.
     settings.STREAM_FLUSH_MS = 600_000
+    monkeypatch.setattr(runs, "time", SimpleNamespace(monotonic=lambda: 1234.5))
     run = streamed_run(thread)
     full = replay(api, thread, run["id"])
     last_id = full[-2].id

@@ -8,11 +8,13 @@ batch the database refuses fails alone.
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from django.db import DataError, connection
 from django.utils import timezone
 
+from chatkit.providers.echo import EchoProvider
 from conversations import runs
 from conversations.grouping import Grouped
 from conversations.models import Conversation, Run, RunEvent, RunStatus, Thread
@@ -212,3 +214,21 @@ def test_streams_flush_on_one_clock():
     assert not runs._flush_due(1.01, 1.19, 0.2)
     assert runs._flush_due(1.19, 1.21, 0.2)
     assert runs._flush_due(1.5, 1.5, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("clock", [0.0, 0.5, 599.9, 1234.5])
+def test_a_streams_first_piece_is_stored_at_once_whatever_the_clock_reads(
+    owner, settings, monkeypatch, clock
+):
+    # The flush clock stands still at ``clock``; below 600 it is inside its
+    # first tick, as on a host that started less than a tick ago. The first
+    # piece is stored (and sent) at once all the same, the rest with the end.
+    settings.STREAM_FLUSH_MS = 600_000
+    monkeypatch.setattr(runs, "time", SimpleNamespace(monotonic=lambda: clock))
+    (run,) = start_runs(owner, 1)
+
+    events = list(runs.run_execute(run=run, provider=EchoProvider(), stream=True))
+
+    assert events[-1].event == "run.completed"
+    assert [pieces for _, _, pieces in stored_pieces(run)] == [["Echo: "], ["hello"]]

@@ -2,11 +2,13 @@
 
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
+from accounts.services import purge_expired_tokens
 from conversations.runs import runs_expire_stale
 
 from ...idempotency import purge_expired_keys
@@ -15,13 +17,26 @@ from ...tasks import configured_huey, prepare_task_queue, prune_task_results
 logger = logging.getLogger(__name__)
 
 
+# Expired refresh tokens are looked for hourly, not every round: simplejwt's
+# table has no index on their expiry, so each look reads all of it.
+TOKEN_PURGE_SECONDS = 3600
+
+
 def maintain_forever(interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records."""
+    """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records.
+
+    Expired refresh tokens go in the first round that gets that far, then
+    every ``TOKEN_PURGE_SECONDS``.
+    """
+    tokens_due = time.monotonic()
     while not stop.wait(interval):
         try:
             runs_expire_stale()
             prune_task_results()
             purge_expired_keys()
+            if time.monotonic() >= tokens_due:
+                purge_expired_tokens()
+                tokens_due = time.monotonic() + TOKEN_PURGE_SECONDS
         except Exception:
             # The database may be briefly away; the next round tries again.
             logger.exception("Worker maintenance failed")
@@ -33,7 +48,8 @@ class Command(BaseCommand):
     help = (
         "Start the worker that carries out background runs (huey with thread workers "
         "by default; WORKER_THREADS at once). Expires stale runs at start and then "
-        "periodically, so runs of a crashed worker end as expired."
+        "periodically, so runs of a crashed worker end as expired; drops expired "
+        "idempotency records and refresh tokens."
     )
 
     def add_arguments(self, parser) -> None:
