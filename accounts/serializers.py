@@ -23,8 +23,15 @@ class UserSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class NewPasswordField(serializers.CharField):
+    """A password being set: Django's password validators apply (see ``validate``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(write_only=True, max_length=128, trim_whitespace=False, **kwargs)
+
+
 class RegisterSerializer(StrictInputMixin, serializers.ModelSerializer):
-    password = serializers.CharField(write_only=True, max_length=128, trim_whitespace=False)
+    password = NewPasswordField()
     email = serializers.EmailField(required=False, allow_blank=True, max_length=254)
 
     class Meta:

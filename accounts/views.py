@@ -9,6 +9,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from chatkit.throttling import AuthThrottle
+from conversations.errors import ErrorCode
 
 from .serializers import (
     LogoutSerializer,
@@ -30,6 +31,8 @@ class RegisterView(generics.GenericAPIView):
     permission_classes = (permissions.AllowAny,)
     authentication_classes = ()
     throttle_classes = (AuthThrottle,)
+    # Domain errors by method, for the OpenAPI document (chatkit.schema).
+    raises = {"post": [ErrorCode.PERMISSION_DENIED]}
 
     @extend_schema(responses={201: UserSerializer})
     def post(self, request: Request) -> Response:
@@ -45,6 +48,7 @@ class TokenView(TokenObtainPairView):
     """Exchange a username and password for an access and a refresh token."""
 
     throttle_classes = (AuthThrottle,)
+    raises = {"post": [ErrorCode.AUTHENTICATION_FAILED]}
 
     @extend_schema(responses={200: TokenPairSerializer})
     def post(self, request: Request, *args, **kwargs) -> Response:
@@ -55,6 +59,7 @@ class TokenRotateView(TokenRefreshView):
     """Exchange a refresh token for a new pair; the old refresh token stops working."""
 
     throttle_classes = (AuthThrottle,)
+    raises = {"post": [ErrorCode.AUTHENTICATION_FAILED]}
 
     @extend_schema(responses={200: TokenPairSerializer})
     def post(self, request: Request, *args, **kwargs) -> Response:
@@ -68,6 +73,7 @@ class LogoutView(generics.GenericAPIView):
     permission_classes = (permissions.AllowAny,)
     authentication_classes = ()
     throttle_classes = (AuthThrottle,)
+    raises = {"post": [ErrorCode.AUTHENTICATION_FAILED]}
 
     @extend_schema(
         responses={

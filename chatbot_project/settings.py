@@ -237,7 +237,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["chatkit.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["chatkit.renderers.EnvelopeJSONRenderer"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "chatkit.schema.ChatkitAutoSchema",
     "EXCEPTION_HANDLER": "chatkit.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_THROTTLE_CLASSES": ["chatkit.throttling.UserThrottle"],

@@ -7,7 +7,7 @@ answered with a generic 500 that reveals nothing.
 """
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from conversations.errors import DomainError
+from conversations.errors import DomainError, ErrorCode
 
 from .logging import request_id_var
 
@@ -26,67 +26,90 @@ logger = logging.getLogger("chatkit.errors")
 RETRY_AFTER_SECONDS = 5
 
 
+class HttpError(NamedTuple):
+    status: int
+    # What the OpenAPI document says of the code (chatkit.schema).
+    description: str
+
+
+# The one table of HTTP statuses: every code the API answers with. The
+# exception handler and the OpenAPI document's error responses read it.
+ERRORS: dict[ErrorCode, HttpError] = {
+    ErrorCode.MALFORMED_REQUEST: HttpError(
+        400, "the body is not valid JSON, or Content-Length is not a number"
+    ),
+    ErrorCode.VALIDATION_ERROR: HttpError(400, "details maps field to messages"),
+    ErrorCode.NOT_AUTHENTICATED: HttpError(401, "no credentials were sent (with WWW-Authenticate)"),
+    ErrorCode.AUTHENTICATION_FAILED: HttpError(
+        401, "the credentials are invalid, expired or revoked (with WWW-Authenticate)"
+    ),
+    ErrorCode.PERMISSION_DENIED: HttpError(403, "not allowed (registration is closed)"),
+    ErrorCode.NOT_FOUND: HttpError(404, "missing, another user's, or a malformed id"),
+    ErrorCode.METHOD_NOT_ALLOWED: HttpError(405, "the route has no such method"),
+    ErrorCode.NOT_ACCEPTABLE: HttpError(406, "the Accept header asks for another format"),
+    ErrorCode.SESSION_LIMIT_REACHED: HttpError(409, "the user has as many sessions as allowed"),
+    ErrorCode.RUN_IN_PROGRESS: HttpError(
+        409, "the thread has an active run (details.active_run_id)"
+    ),
+    ErrorCode.RUN_NOT_ACTIVE: HttpError(409, "the run already ended"),
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: HttpError(409, "the same key is still being processed"),
+    ErrorCode.LENGTH_REQUIRED: HttpError(
+        411, "a chunked body on a server that does not decode chunks"
+    ),
+    ErrorCode.PAYLOAD_TOO_LARGE: HttpError(413, "the body is over the size limit"),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: HttpError(415, "the body is not application/json in UTF-8"),
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: HttpError(
+        422, "the Idempotency-Key was used for another request"
+    ),
+    ErrorCode.THROTTLED: HttpError(429, "too many requests, or too much held (with Retry-After)"),
+    ErrorCode.INTERNAL_ERROR: HttpError(500, "a bug, logged with the request id"),
+    ErrorCode.SERVICE_UNAVAILABLE: HttpError(503, "the database is unavailable (with Retry-After)"),
+}
+
+
 class IdempotencyKeyInUse(exceptions.APIException):
-    status_code = 409
+    status_code = ERRORS[ErrorCode.IDEMPOTENCY_KEY_IN_USE].status
     default_detail = "A request with this Idempotency-Key is still being processed."
     default_code = "idempotency_key_in_use"
 
 
 class IdempotencyKeyReused(exceptions.APIException):
-    status_code = 422
+    status_code = ERRORS[ErrorCode.IDEMPOTENCY_KEY_REUSED].status
     default_detail = "This Idempotency-Key was used for a different request."
     default_code = "idempotency_key_reused"
 
 
-# (status, code, message used when the exception's own text is not a plain sentence)
-_API_EXCEPTIONS: list[tuple[type[exceptions.APIException], int, str, str]] = [
-    (exceptions.ParseError, 400, "MALFORMED_REQUEST", "The request body is not valid JSON."),
-    (exceptions.ValidationError, 400, "VALIDATION_ERROR", "The request is invalid."),
+# (code, message used when the exception's own text is not a plain sentence)
+_API_EXCEPTIONS: list[tuple[type[exceptions.APIException], ErrorCode, str]] = [
+    (exceptions.ParseError, ErrorCode.MALFORMED_REQUEST, "The request body is not valid JSON."),
+    (exceptions.ValidationError, ErrorCode.VALIDATION_ERROR, "The request is invalid."),
     (
         exceptions.NotAuthenticated,
-        401,
-        "NOT_AUTHENTICATED",
+        ErrorCode.NOT_AUTHENTICATED,
         "Authentication credentials were not provided.",
     ),
     (
         exceptions.AuthenticationFailed,
-        401,
-        "AUTHENTICATION_FAILED",
+        ErrorCode.AUTHENTICATION_FAILED,
         "The credentials are invalid, expired or revoked.",
     ),
-    (exceptions.PermissionDenied, 403, "PERMISSION_DENIED", "You are not allowed to do this."),
-    (exceptions.NotFound, 404, "NOT_FOUND", "Not found."),
-    (exceptions.MethodNotAllowed, 405, "METHOD_NOT_ALLOWED", "Method not allowed."),
-    (exceptions.NotAcceptable, 406, "NOT_ACCEPTABLE", "The requested format is not available."),
+    (exceptions.PermissionDenied, ErrorCode.PERMISSION_DENIED, "You are not allowed to do this."),
+    (exceptions.NotFound, ErrorCode.NOT_FOUND, "Not found."),
+    (exceptions.MethodNotAllowed, ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed."),
+    (
+        exceptions.NotAcceptable,
+        ErrorCode.NOT_ACCEPTABLE,
+        "The requested format is not available.",
+    ),
     (
         exceptions.UnsupportedMediaType,
-        415,
-        "UNSUPPORTED_MEDIA_TYPE",
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         "The request body must be application/json.",
     ),
-    (exceptions.Throttled, 429, "THROTTLED", "Too many requests."),
-    (
-        IdempotencyKeyInUse,
-        409,
-        "IDEMPOTENCY_KEY_IN_USE",
-        IdempotencyKeyInUse.default_detail,
-    ),
-    (
-        IdempotencyKeyReused,
-        422,
-        "IDEMPOTENCY_KEY_REUSED",
-        IdempotencyKeyReused.default_detail,
-    ),
+    (exceptions.Throttled, ErrorCode.THROTTLED, "Too many requests."),
+    (IdempotencyKeyInUse, ErrorCode.IDEMPOTENCY_KEY_IN_USE, IdempotencyKeyInUse.default_detail),
+    (IdempotencyKeyReused, ErrorCode.IDEMPOTENCY_KEY_REUSED, IdempotencyKeyReused.default_detail),
 ]
-
-_DOMAIN_STATUS = {
-    "AUTHENTICATION_FAILED": 401,
-    "NOT_FOUND": 404,
-    "SESSION_LIMIT_REACHED": 409,
-    "RUN_IN_PROGRESS": 409,
-    "RUN_NOT_ACTIVE": 409,
-    "THROTTLED": 429,
-}
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -101,8 +124,9 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JsonResponse:
+def error_response(code: ErrorCode, message: str, details: Any = None) -> JsonResponse:
     """An error envelope for plain Django views and middleware."""
+    status = ERRORS[code].status
     response = JsonResponse(error_body(code, message, details), status=status)
     if status == 503:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -122,7 +146,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.PermissionDenied()
 
     if isinstance(exc, DomainError):
-        status = _DOMAIN_STATUS.get(exc.code, 409)
+        status = ERRORS[exc.code].status
         details, headers = exc.details, {}
         if status == 429:
             # A per-user limit (conversations.errors.LimitReached): as for
@@ -131,19 +155,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return Response(error_body(exc.code, exc.message, details), status=status, headers=headers)
 
-    for exc_class, status, code, default_message in _API_EXCEPTIONS:
+    for exc_class, code, default_message in _API_EXCEPTIONS:
         if isinstance(exc, exc_class):
-            return _api_error(exc, status, code, default_message)
+            return _api_error(exc, ERRORS[code].status, code, default_message)
 
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.exception("Database unavailable")
         return _logged(
             Response(
                 error_body(
-                    "SERVICE_UNAVAILABLE",
+                    ErrorCode.SERVICE_UNAVAILABLE,
                     "The service is temporarily unavailable. Please retry.",
                 ),
-                status=503,
+                status=ERRORS[ErrorCode.SERVICE_UNAVAILABLE].status,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         )
@@ -156,7 +180,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     kind = "Database error" if isinstance(exc, DatabaseError) else "Unhandled exception"
     logger.exception("%s in %s", kind, _view_name(context))
     return _logged(
-        Response(error_body("INTERNAL_ERROR", "An internal error occurred."), status=500)
+        Response(
+            error_body(ErrorCode.INTERNAL_ERROR, "An internal error occurred."),
+            status=ERRORS[ErrorCode.INTERNAL_ERROR].status,
+        )
     )
 
 
@@ -168,7 +195,10 @@ def _api_error(
     message = default_message
     if isinstance(exc, exceptions.ValidationError):
         details = _validation_details(exc.detail)
-    elif isinstance(exc.detail, str) and code not in {"MALFORMED_REQUEST", "AUTHENTICATION_FAILED"}:
+    elif isinstance(exc.detail, str) and code not in {
+        ErrorCode.MALFORMED_REQUEST,
+        ErrorCode.AUTHENTICATION_FAILED,
+    }:
         message = str(exc.detail)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'
@@ -199,7 +229,7 @@ def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonRespon
     CSRF-exempt like the API's own views: otherwise a POST to an unknown route
     got Django's HTML 403 page instead of the 404.
     """
-    return error_response(404, "NOT_FOUND", "Not found.")
+    return error_response(ErrorCode.NOT_FOUND, "Not found.")
 
 
 def _is_api(request: HttpRequest) -> bool:
@@ -209,24 +239,24 @@ def _is_api(request: HttpRequest) -> bool:
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler400, for example a Host header not in ALLOWED_HOSTS."""
     if _is_api(request):
-        return error_response(400, "MALFORMED_REQUEST", "Bad request.")
+        return error_response(ErrorCode.MALFORMED_REQUEST, "Bad request.")
     return defaults.bad_request(request, exception)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return error_response(403, "PERMISSION_DENIED", "You are not allowed to do this.")
+        return error_response(ErrorCode.PERMISSION_DENIED, "You are not allowed to do this.")
     return defaults.permission_denied(request, exception)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return error_response(404, "NOT_FOUND", "Not found.")
+        return error_response(ErrorCode.NOT_FOUND, "Not found.")
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """handler500 for failures outside DRF views (django.request logged the traceback)."""
     if _is_api(request):
-        return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
+        return error_response(ErrorCode.INTERNAL_ERROR, "An internal error occurred.")
     return defaults.server_error(request)

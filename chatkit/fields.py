@@ -68,3 +68,17 @@ class MetadataField(serializers.JSONField):
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from None
         return data
+
+
+class NonBlankTextField(serializers.CharField):
+    """Text kept as sent, which must hold something besides whitespace."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["trim_whitespace"] = False
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if not value.strip():
+            raise serializers.ValidationError("Must contain text, not only whitespace.")
+        return value

@@ -7,6 +7,8 @@ from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from conversations.errors import ErrorCode
+
 from .exceptions import error_response
 
 logger = logging.getLogger(__name__)
@@ -29,11 +31,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
         pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
     except DatabaseError:
         logger.warning("Readiness check: database unavailable", exc_info=True)
-        return error_response(503, "SERVICE_UNAVAILABLE", "The database is unavailable.")
+        return error_response(ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable.")
     if pending:
         return error_response(
-            503,
-            "SERVICE_UNAVAILABLE",
+            ErrorCode.SERVICE_UNAVAILABLE,
             "Database migrations are pending.",
             details={"pending_migrations": len(pending)},
         )

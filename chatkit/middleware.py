@@ -11,6 +11,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from conversations.errors import ErrorCode
+
 from . import health
 from .exceptions import error_response
 from .logging import request_id_var
@@ -102,20 +104,18 @@ class BodySizeLimitMiddleware:
             # ChunkedRequestBody gives the length where the server decodes
             # the chunks (gunicorn); elsewhere, refuse rather than read nothing.
             return error_response(
-                411,
-                "LENGTH_REQUIRED",
+                ErrorCode.LENGTH_REQUIRED,
                 "This server needs a Content-Length for a request body.",
             )
         length = request.META.get("CONTENT_LENGTH") or "0"
         # isdigit() alone accepts "²", which int() rejects.
         if not (length.isascii() and length.isdigit()):
-            return error_response(400, "MALFORMED_REQUEST", "Content-Length is not a number.")
+            return error_response(ErrorCode.MALFORMED_REQUEST, "Content-Length is not a number.")
         digits = length.lstrip("0")
         # Compare lengths first: int() refuses strings of more than 4300 digits.
         if len(digits) > len(str(limit)) or int(digits or "0") > limit:
             return error_response(
-                413,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode.PAYLOAD_TOO_LARGE,
                 f"The request body is larger than {limit} bytes.",
                 details={"max_bytes": limit},
             )

@@ -1,23 +1,31 @@
-"""OpenAPI post-processing: the envelope, the error responses and headers, as served.
+"""OpenAPI: the error responses, headers and envelope, derived from the code.
 
-drf-spectacular describes the serializers; this hook adds what the API does
-around them, so that the document lists every status an operation can answer
-with (and the contract's error envelope for each), the headers every response
-carries, the ``Idempotency-Key`` header on the POSTs that honour it, and the
-strict request bodies (no unknown fields, the metadata rules, no NUL).
+``ChatkitAutoSchema`` (DEFAULT_SCHEMA_CLASS) gives each operation the error
+responses it can answer with: those every request can meet, those its view
+implies (authentication, an id in the path, a request body, Idempotency-Key),
+and the domain errors its view declares in ``raises``; statuses and
+descriptions come from the one table (``chatkit.exceptions.ERRORS``). The
+post-processing hook is generic: it wraps every success in the envelope and
+describes request bodies as the strict parser reads them (no unknown fields,
+no NUL).
 """
 
 from typing import Any
 
-from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework import serializers
 
+from conversations.errors import ErrorCode
 from conversations.validators import (
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
     METADATA_MAX_VALUE_LENGTH,
 )
 
+from .exceptions import ERRORS
+from .fields import MetadataField, NonBlankTextField
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import REPLAYED_HEADER, IdempotentPostMixin
 from .middleware import REQUEST_ID_HEADER
@@ -157,6 +165,8 @@ _HEADERS = {
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
+# Headers of error responses, by status.
+_ERROR_HEADERS = {"401": ["WWW-Authenticate"], "429": ["Retry-After"], "503": ["Retry-After"]}
 
 IDEMPOTENCY_KEY_PARAMETER = {
     "name": IDEMPOTENCY_HEADER,
@@ -176,65 +186,118 @@ IDEMPOTENCY_KEY_PARAMETER = {
     },
 }
 
-_ERRORS = {
-    "400": "VALIDATION_ERROR (details maps field to messages) or MALFORMED_REQUEST",
-    "401": "NOT_AUTHENTICATED or AUTHENTICATION_FAILED (with WWW-Authenticate)",
-    "403": "PERMISSION_DENIED",
-    "404": "NOT_FOUND: missing, another user's, or a malformed id",
-    "409": "Conflict",
-    "411": "LENGTH_REQUIRED: a chunked body on a server that does not decode chunks",
-    "413": "PAYLOAD_TOO_LARGE",
-    "415": "UNSUPPORTED_MEDIA_TYPE: the body is not application/json in UTF-8",
-    "422": "IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used for another request",
-    "429": "THROTTLED (with Retry-After)",
-    "500": "INTERNAL_ERROR",
-    "503": "SERVICE_UNAVAILABLE (with Retry-After)",
-}
-
-_REGISTER = "/api/v1/auth/register"
-# Conflicts an operation reports besides IDEMPOTENCY_KEY_IN_USE.
-_CONFLICTS = {
-    ("/api/v1/chatkit/sessions", "post"): "SESSION_LIMIT_REACHED",
-    ("/api/v1/chatkit/sessions/{session_id}/threads/{thread_id}/runs", "post"): (
-        "RUN_IN_PROGRESS (details.active_run_id)"
-    ),
-    ("/api/v1/chatkit/sessions/{session_id}/threads/{thread_id}/runs/{id}/cancel", "post"): (
-        "RUN_NOT_ACTIVE: the run already ended"
-    ),
-}
+# Any request can meet these: a malformed body or Content-Length, a chunked
+# body where the server does not decode chunks, a body over the limit, a
+# throttle, a bug, the database away. Invalid input (a body, a cursor, an
+# event id) is a VALIDATION_ERROR.
+_ANY_REQUEST = (
+    ErrorCode.MALFORMED_REQUEST,
+    ErrorCode.VALIDATION_ERROR,
+    ErrorCode.LENGTH_REQUIRED,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.THROTTLED,
+    ErrorCode.INTERNAL_ERROR,
+    ErrorCode.SERVICE_UNAVAILABLE,
+)
 
 
-def _error_statuses(path: str, method: str, operation: dict, idempotent: bool) -> dict[str, str]:
-    """Every error status the operation can answer with, and its description."""
-    # 400 (a Content-Length that is not a number), 411 (a chunked body where the
-    # server does not decode it), 413 (a body of any method over the limit), 429,
-    # 500 and 503 can answer any request.
-    statuses = {status: _ERRORS[status] for status in ("400", "411", "413", "429", "500", "503")}
-    if path == _REGISTER:
-        statuses["403"] = "PERMISSION_DENIED: registration is closed"
-    else:
-        # Bearer JWTs, or the refresh token or password in the body of the auth routes.
-        statuses["401"] = _ERRORS["401"]
-    if "{" in path:
-        statuses["404"] = _ERRORS["404"]
-    if "requestBody" in operation:
-        statuses["415"] = _ERRORS["415"]
-    conflicts = [_CONFLICTS[path, method]] if (path, method) in _CONFLICTS else []
-    if idempotent:
-        conflicts.append("IDEMPOTENCY_KEY_IN_USE: the same key is still being processed")
-        statuses["422"] = _ERRORS["422"]
-    if conflicts:
-        statuses["409"] = " or ".join(conflicts)
-    return statuses
+def _component(registry, kind: str, name: str, schema: dict) -> dict:
+    """A reference to a component of ours, registered on first use."""
+    component = ResolvedComponent(name=name, type=kind, schema=schema, object=name)
+    registry.register_on_missing(component)
+    return component.ref
 
 
-def _idempotent_operations(generator) -> set[tuple[str, str]]:
-    endpoints = getattr(generator, "endpoints", None) or []
-    return {
-        (path, method.lower())
-        for path, _regex, method, callback in endpoints
-        if method == "POST" and issubclass(getattr(callback, "cls", object), IdempotentPostMixin)
-    }
+# Added by the hook, after drf-spectacular has made components of enums: the
+# events' names and the error's ``success`` stay inline.
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_RUN_EVENT_REF = {"$ref": "#/components/schemas/RunEvent"}
+
+
+class ChatkitAutoSchema(AutoSchema):
+    """Each operation with every error response it can answer, and the headers of each."""
+
+    def get_operation(self, path, path_regex, path_prefix, method, registry):
+        operation = super().get_operation(path, path_regex, path_prefix, method, registry)
+        if operation is None:
+            return None
+        idempotent = self._is_idempotent()
+        responses = operation["responses"]
+        for response in responses.values():
+            stream = response.get("content", {}).get("text/event-stream")
+            if stream is not None:
+                stream["schema"] = _RUN_EVENT_REF
+        for status, codes in self._errors(operation, idempotent).items():
+            responses[status] = self._error_response(codes, status)
+        for status, response in responses.items():
+            headers = response.setdefault("headers", {})
+            names = [REQUEST_ID_HEADER]
+            if idempotent and status.startswith("2"):
+                names.append(REPLAYED_HEADER)
+            for name in names:
+                headers[name] = self._header(name)
+        if idempotent:
+            operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
+        operation["responses"] = dict(sorted(responses.items()))
+        return operation
+
+    def _is_idempotent(self) -> bool:
+        return self.method == "POST" and isinstance(self.view, IdempotentPostMixin)
+
+    def _errors(self, operation: dict, idempotent: bool) -> dict[str, list[ErrorCode]]:
+        """The error codes the operation can answer with, by status."""
+        codes = list(_ANY_REQUEST)
+        if self.view.authentication_classes:
+            codes += [ErrorCode.NOT_AUTHENTICATED, ErrorCode.AUTHENTICATION_FAILED]
+        if "{" in self.path:
+            codes.append(ErrorCode.NOT_FOUND)
+        if "requestBody" in operation:
+            codes.append(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+        if idempotent:
+            codes += [ErrorCode.IDEMPOTENCY_KEY_IN_USE, ErrorCode.IDEMPOTENCY_KEY_REUSED]
+        # What the view says its action (a viewset) or method (an APIView) raises.
+        declared = getattr(self.view, "raises", {})
+        codes += declared.get(getattr(self.view, "action", None) or self.method.lower(), ())
+        by_status: dict[str, list[ErrorCode]] = {}
+        for code in codes:
+            listed = by_status.setdefault(str(ERRORS[code].status), [])
+            if code not in listed:
+                listed.append(code)
+        return by_status
+
+    def _error_response(self, codes: list[ErrorCode], status: str) -> dict:
+        return {
+            "description": "; ".join(f"{code}: {ERRORS[code].description}" for code in codes),
+            "content": {"application/json": {"schema": _ERROR_REF}},
+            "headers": {name: self._header(name) for name in _ERROR_HEADERS.get(status, ())},
+        }
+
+    def _header(self, name: str) -> dict:
+        return _component(self.registry, "headers", name, _HEADERS[name])
+
+
+class MetadataFieldExtension(OpenApiSerializerFieldExtension):
+    """The contract's metadata, one component wherever a serializer has the field."""
+
+    target_class = MetadataField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return _component(auto_schema.registry, "schemas", "Metadata", METADATA_SCHEMA)
+
+
+class NonBlankTextFieldExtension(OpenApiSerializerFieldExtension):
+    """Text that must hold something besides whitespace, which it keeps."""
+
+    target_class = NonBlankTextField
+
+    def map_serializer_field(self, auto_schema, direction):
+        field = self.target
+        schema = {"type": "string", "minLength": 1, "pattern": NOT_ONLY_SPACE}
+        if field.max_length is not None:
+            schema["maxLength"] = field.max_length
+        if field.help_text:
+            schema["description"] = str(field.help_text)
+        return schema
 
 
 def _resolve(schema: dict, components: dict) -> dict:
@@ -267,11 +330,7 @@ def _strict_request_bodies(components: dict, generator) -> None:
     """Request bodies as the strict parser reads them."""
     for name, schema in components.items():
         properties = schema.get("properties")
-        if properties is None:
-            continue
-        if "metadata" in properties:
-            properties["metadata"] = {"$ref": "#/components/schemas/Metadata"}
-        if not name.endswith("Request"):
+        if properties is None or not name.endswith("Request"):
             continue
         # Unknown or read-only fields are a 400 naming them.
         schema["additionalProperties"] = False
@@ -279,40 +338,20 @@ def _strict_request_bodies(components: dict, generator) -> None:
         for field_name, field in properties.items():
             if field.get("type") == "string" and "pattern" not in field and "format" not in field:
                 field["pattern"] = _string_pattern(fields.get(field_name))
-    run_input = components.get("RunCreateRequest", {}).get("properties", {}).get("input")
-    if run_input is not None:
-        run_input["pattern"] = NOT_ONLY_SPACE
-        run_input["description"] = "The user message: some text, not only whitespace."
-    password = components.get("RegisterRequest", {}).get("properties", {}).get("password")
-    if password is not None:
-        # Django's password validators: at least 8 characters, not all digits, and
-        # neither a common password nor one too like the username or email.
-        password["minLength"] = max(password.get("minLength", 0), _min_password_length())
-        password["pattern"] = "^[^\\x00]*[^\\x000-9][^\\x00]*$"
-        password["description"] = (
-            "Django's password validators apply: at least 8 characters, not only digits, "
-            "not a common password, not too like the username or email."
-        )
-
-
-def _min_password_length() -> int:
-    for validator in settings.AUTH_PASSWORD_VALIDATORS:
-        if validator["NAME"].endswith(".MinimumLengthValidator"):
-            return validator.get("OPTIONS", {}).get("min_length", 8)
-    return 1
 
 
 def _nullable_blank_email(components: dict) -> None:
     """Email addresses are optional: an account without one has ``""``."""
-    for name in ("User", "RegisterRequest"):
-        email = components.get(name, {}).get("properties", {}).get("email")
-        if email is None:
-            continue
-        extra = {key: email.pop(key) for key in ("readOnly", "title") if key in email}
-        components[name]["properties"]["email"] = {
-            "oneOf": [email, {"type": "string", "enum": [""]}],
-            **extra,
-        }
+    for schema in components.values():
+        properties = schema.get("properties", {})
+        for name, field in properties.items():
+            if "email" not in (
+                field.get("format"),
+                *(f.get("format") for f in field.get("oneOf", [])),
+            ):
+                continue
+            extra = {key: field.pop(key) for key in ("readOnly", "title") if key in field}
+            properties[name] = {"oneOf": [field, {"type": "string", "enum": [""]}], **extra}
 
 
 def _nullable_to_3_1(node: Any) -> None:
@@ -333,29 +372,7 @@ def _nullable_to_3_1(node: Any) -> None:
         _nullable_to_3_1(value)
 
 
-def _header_ref(name: str) -> dict:
-    return {"$ref": f"#/components/headers/{name}"}
-
-
-def _error_response(description: str, status: str) -> dict:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    headers = {}
-    if status in ("429", "503"):
-        headers["Retry-After"] = _header_ref("Retry-After")
-    if status == "401":
-        headers["WWW-Authenticate"] = _header_ref("WWW-Authenticate")
-    if headers:
-        response["headers"] = headers
-    return response
-
-
 def _wrap_success(response: dict, components: dict) -> None:
-    stream = response.get("content", {}).get("text/event-stream")
-    if stream is not None:
-        stream["schema"] = {"$ref": "#/components/schemas/RunEvent"}
     media = response.get("content", {}).get("application/json")
     if media is None:
         return
@@ -373,35 +390,16 @@ def _wrap_success(response: dict, components: dict) -> None:
 
 
 def envelope_postprocessing_hook(result: dict[str, Any], generator, request, public) -> dict:
+    """Every success in the envelope, and request bodies as the strict parser reads them."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
-    components["Metadata"] = METADATA_SCHEMA
     components["RunEvent"] = RUN_EVENT_SCHEMA
-    result["components"].setdefault("headers", {}).update(_HEADERS)
     _strict_request_bodies(components, generator)
     _nullable_blank_email(components)
-    idempotent_operations = _idempotent_operations(generator)
-
-    for path, operations in result.get("paths", {}).items():
-        for method, operation in operations.items():
-            idempotent = (path, method) in idempotent_operations
-            responses = operation.setdefault("responses", {})
-            for status, response in responses.items():
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
                 if status.startswith("2"):
                     _wrap_success(response, components)
-            for status, description in _error_statuses(path, method, operation, idempotent).items():
-                # Views may name an error with a description only; the list here is complete.
-                if "content" not in responses.get(status, {}):
-                    responses[status] = _error_response(description, status)
-            for status, response in responses.items():
-                headers = response.setdefault("headers", {})
-                headers[REQUEST_ID_HEADER] = _header_ref(REQUEST_ID_HEADER)
-                if idempotent and status.startswith("2"):
-                    headers[REPLAYED_HEADER] = _header_ref(REPLAYED_HEADER)
-            if idempotent:
-                parameters = operation.setdefault("parameters", [])
-                if not any(p.get("name") == IDEMPOTENCY_HEADER for p in parameters):
-                    parameters.append(IDEMPOTENCY_KEY_PARAMETER)
-            operation["responses"] = dict(sorted(responses.items()))
     _nullable_to_3_1(result)
     return result

@@ -12,12 +12,15 @@ from conversations.models import (
     TITLE_MAX_LENGTH,
     Conversation,
     Message,
+    MessageRole,
+    MessageStatus,
     Run,
     RunIncompleteReason,
+    RunStatus,
     Thread,
 )
 
-from .fields import MetadataField, StrictInputMixin
+from .fields import MetadataField, NonBlankTextField, StrictInputMixin
 
 
 class SessionSerializer(StrictInputMixin, serializers.Serializer):
@@ -58,29 +61,21 @@ class ThreadSerializer(StrictInputMixin, serializers.Serializer):
         return thread_document(instance)
 
 
-class MessageSerializer(serializers.ModelSerializer):
+class MessageSerializer(serializers.Serializer):
     """A message of a thread (read-only over the API).
 
     Rendered by ``message_document``, as stored events are; the fields below
-    describe it for the schema.
+    describe it for the schema (tests/test_documents.py keeps them equal).
     """
 
+    id = serializers.UUIDField(read_only=True)
     thread_id = serializers.UUIDField(read_only=True)
     run_id = serializers.UUIDField(read_only=True, allow_null=True)
-
-    class Meta:
-        model = Message
-        fields = (
-            "id",
-            "thread_id",
-            "run_id",
-            "role",
-            "content",
-            "status",
-            "created_at",
-            "metadata",
-        )
-        read_only_fields = fields
+    role = serializers.ChoiceField(choices=MessageRole.choices, read_only=True)
+    content = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=MessageStatus.choices, read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    metadata = MetadataField(read_only=True)
 
     def to_representation(self, instance: Message) -> dict:
         return message_document(instance)
@@ -103,14 +98,17 @@ class UsageSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
 
 
-class RunSerializer(serializers.ModelSerializer):
+class RunSerializer(serializers.Serializer):
     """A run, rendered by ``run_document`` like the run in its events.
 
-    Querysets must select ``thread``, ``input_message`` and ``output_message``.
+    The fields describe it for the schema (tests/test_documents.py keeps them
+    equal). Querysets must select ``thread``, ``input_message`` and ``output_message``.
     """
 
+    id = serializers.UUIDField(read_only=True)
     thread_id = serializers.UUIDField(read_only=True)
     session_id = serializers.UUIDField(read_only=True)
+    status = serializers.ChoiceField(choices=RunStatus.choices, read_only=True)
     input_message = MessageSerializer(read_only=True)
     output_message = MessageSerializer(read_only=True, allow_null=True)
     error = RunErrorSerializer(read_only=True, allow_null=True)
@@ -123,27 +121,12 @@ class RunSerializer(serializers.ModelSerializer):
         ),
     )
     usage = UsageSerializer(read_only=True, allow_null=True)
-
-    class Meta:
-        model = Run
-        fields = (
-            "id",
-            "thread_id",
-            "session_id",
-            "status",
-            "input_message",
-            "output_message",
-            "error",
-            "incomplete_details",
-            "usage",
-            "provider",
-            "model",
-            "metadata",
-            "created_at",
-            "started_at",
-            "completed_at",
-        )
-        read_only_fields = fields
+    provider = serializers.CharField(read_only=True)
+    model = serializers.CharField(read_only=True)
+    metadata = MetadataField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    started_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    completed_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
     def to_representation(self, instance: Run) -> dict:
         return run_document(instance)
@@ -152,7 +135,10 @@ class RunSerializer(serializers.ModelSerializer):
 class RunCreateSerializer(StrictInputMixin, serializers.Serializer):
     """The body of ``POST .../runs``."""
 
-    input = serializers.CharField(max_length=RUN_INPUT_MAX_LENGTH, trim_whitespace=False)
+    input = NonBlankTextField(
+        max_length=RUN_INPUT_MAX_LENGTH,
+        help_text="The user message: some text, not only whitespace.",
+    )
     stream = serializers.BooleanField(required=False, default=False)
     background = serializers.BooleanField(required=False, default=False)
     instructions = serializers.CharField(
@@ -163,8 +149,3 @@ class RunCreateSerializer(StrictInputMixin, serializers.Serializer):
         help_text="Replaces the session's instructions for this run; empty keeps them.",
     )
     metadata = MetadataField()
-
-    def validate_input(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("Must contain text, not only whitespace.")
-        return value

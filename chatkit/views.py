@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from chatbot_project.db_router import replica_reads
 from conversations import runs, services
+from conversations.errors import ErrorCode
 from conversations.models import Conversation, Message, Run, Thread
 
 from . import stream_slots
@@ -130,6 +131,8 @@ class SessionViewSet(ChatkitViewSet):
     """The user's chat sessions."""
 
     serializer_class = SessionSerializer
+    # Domain errors by action, for the OpenAPI document (chatkit.schema).
+    raises = {"create": [ErrorCode.SESSION_LIMIT_REACHED]}
 
     def get_queryset(self):
         return Conversation.objects.owned_by(self.request.user)
@@ -250,6 +253,7 @@ class RunViewSet(
     serializer_class = RunSerializer
     pagination_class = KeysetPagination
     default_order = "desc"
+    raises = {"create": [ErrorCode.RUN_IN_PROGRESS], "cancel": [ErrorCode.RUN_NOT_ACTIVE]}
 
     def get_queryset(self):
         return Run.objects.filter(thread=self.get_thread()).select_related(
@@ -269,7 +273,6 @@ class RunViewSet(
             201: RunSerializer,
             202: RunSerializer,
             (200, "text/event-stream"): EVENT_STREAM_RESPONSE,
-            409: OpenApiResponse(description="RUN_IN_PROGRESS, with details.active_run_id"),
         },
     )
     def create(self, request: Request, *args, **kwargs) -> HttpResponseBase:
@@ -307,10 +310,7 @@ class RunViewSet(
     @extend_schema(
         parameters=[*THREAD_PARAMETERS, ID_PARAMETER],
         request=None,
-        responses={
-            200: RunSerializer,
-            409: OpenApiResponse(description="RUN_NOT_ACTIVE: the run already ended"),
-        },
+        responses=RunSerializer,
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, *args, **kwargs) -> Response:

@@ -68,27 +68,8 @@ class RunAdmin(admin.ModelAdmin):
         "error_code",
         "thread__conversation__user__username",
     )
-    readonly_fields = (
-        "id",
-        "thread",
-        "status",
-        "input_message",
-        "output_message",
-        "error_code",
-        "error_message",
-        "incomplete_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "provider",
-        "model",
-        "instructions",
-        "metadata",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "heartbeat_at",
-    )
+    # Runs change only through the lifecycle: every field is shown, none edited.
+    readonly_fields = tuple(field.name for field in Run._meta.fields)
     list_select_related = ("thread",)
     actions = ("expire_stale",)
 

@@ -1,10 +1,57 @@
-"""Domain errors. Each carries a stable code; the HTTP adapter picks the status."""
+"""The contract's error codes, and the domain errors that carry them.
+
+Every code a client can read in ``error.code`` (or in a failed run's
+``error.code``) is a member of ``ErrorCode``: the domain's own, a run's
+failures, and those the HTTP layer answers for requests the domain never
+sees. The HTTP status of each lives in one table in the HTTP layer
+(``chatkit.exceptions.ERRORS``).
+"""
 
 from typing import Any
 
+from django.db import models
+
+
+class ErrorCode(models.TextChoices):
+    # Raised by the domain (DomainError subclasses below).
+    NOT_FOUND = "NOT_FOUND"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    SESSION_LIMIT_REACHED = "SESSION_LIMIT_REACHED"
+    RUN_IN_PROGRESS = "RUN_IN_PROGRESS"
+    RUN_NOT_ACTIVE = "RUN_NOT_ACTIVE"
+    THROTTLED = "THROTTLED"
+    # Why a run failed (Run.error_code), never an HTTP answer.
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_BAD_RESPONSE = "PROVIDER_BAD_RESPONSE"
+    RUN_EXPIRED = "RUN_EXPIRED"
+    # Answered by the HTTP layer for the request itself.
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
+    IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
+    LENGTH_REQUIRED = "LENGTH_REQUIRED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+
+
+# The codes a failed run stores (the choices of Run.error_code).
+RUN_FAILURES = (
+    ErrorCode.PROVIDER_ERROR,
+    ErrorCode.PROVIDER_TIMEOUT,
+    ErrorCode.PROVIDER_BAD_RESPONSE,
+    ErrorCode.RUN_EXPIRED,
+)
+
 
 class DomainError(Exception):
-    code = "DOMAIN_ERROR"
+    code: ErrorCode
     message = "The request cannot be carried out."
 
     def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
@@ -14,29 +61,29 @@ class DomainError(Exception):
 
 
 class ObjectNotFound(DomainError):
-    code = "NOT_FOUND"
+    code = ErrorCode.NOT_FOUND
     message = "Not found."
 
 
 class OwnerNotFound(DomainError):
     """The authenticated user was deleted while the request was under way."""
 
-    code = "AUTHENTICATION_FAILED"
+    code = ErrorCode.AUTHENTICATION_FAILED
     message = "User not found."
 
 
 class SessionLimitReached(DomainError):
-    code = "SESSION_LIMIT_REACHED"
+    code = ErrorCode.SESSION_LIMIT_REACHED
     message = "You have reached the maximum number of sessions."
 
 
 class RunInProgress(DomainError):
-    code = "RUN_IN_PROGRESS"
+    code = ErrorCode.RUN_IN_PROGRESS
     message = "This thread already has an active run."
 
 
 class RunNotActive(DomainError):
-    code = "RUN_NOT_ACTIVE"
+    code = ErrorCode.RUN_NOT_ACTIVE
     message = "This run has already ended."
 
 
@@ -46,7 +93,7 @@ class LimitReached(DomainError):
     ``details`` say which (``reason``) and the ``limit``.
     """
 
-    code = "THROTTLED"
+    code = ErrorCode.THROTTLED
     message = "You have reached a limit on what one user may hold at once."
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from .errors import ErrorCode
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -54,17 +56,17 @@ class Delta:
 class ProviderError(Exception):
     """A provider failed. ``public_message`` is safe to show to the client."""
 
-    code = "PROVIDER_ERROR"
+    code = ErrorCode.PROVIDER_ERROR
     public_message = "The assistant provider returned an error."
 
 
 class ProviderTimeout(ProviderError):
-    code = "PROVIDER_TIMEOUT"
+    code = ErrorCode.PROVIDER_TIMEOUT
     public_message = "The assistant provider did not answer in time."
 
 
 class ProviderBadResponse(ProviderError):
-    code = "PROVIDER_BAD_RESPONSE"
+    code = ErrorCode.PROVIDER_BAD_RESPONSE
     public_message = "The assistant provider returned a response that could not be used."
 
 

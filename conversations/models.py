@@ -6,6 +6,7 @@ from django.db.models.functions import Length
 from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
+from .errors import RUN_FAILURES
 from .validators import validate_metadata
 
 TITLE_MAX_LENGTH = 200
@@ -114,11 +115,10 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 
-class RunErrorCode(models.TextChoices):
-    PROVIDER_ERROR = "PROVIDER_ERROR"
-    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
-    PROVIDER_BAD_RESPONSE = "PROVIDER_BAD_RESPONSE"
-    RUN_EXPIRED = "RUN_EXPIRED"
+# Why a run failed: the members of ErrorCode that a run stores.
+RunErrorCode = models.TextChoices(
+    "RunErrorCode", [(code.name, code.value) for code in RUN_FAILURES]
+)
 
 
 class RunIncompleteReason(models.TextChoices):
