@@ -8,7 +8,7 @@ from django.template.response import TemplateResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from chatkit.throttling import FailedLoginThrottle
+from api_common import FailedLoginThrottle
 
 
 class StaffAdminSite(admin.AdminSite):

@@ -11,7 +11,7 @@ from rest_framework_simplejwt.token_blacklist.models import (
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
-from chatkit.fields import StrictInputMixin
+from api_common import StrictInputMixin
 
 from .models import User
 

@@ -8,7 +8,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from chatkit.throttling import AuthThrottle
+from api_common import AuthThrottle
 from conversations.errors import ErrorCode
 
 from .serializers import (

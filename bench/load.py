@@ -119,7 +119,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
-    env = {"BENCH_BARE_VIEWS": "1"}
+    # The product's settings with the bare views mounted (bench/bare.py).
+    env = {"DJANGO_SETTINGS_MODULE": "bench.settings"}
     with running_stack(args.port, env, worker=False):
         # Separate users for the API and the bare view, each with 20 sessions:
         # the rows the bare view inserts must not swell the API's quota count.

@@ -161,7 +161,7 @@ elif _default_db["ENGINE"] == "django.db.backends.sqlite3":
     _db_file = Path(_default_db["NAME"])
     _default_db.setdefault("TEST", {"NAME": str(_db_file.with_name(f"test_{_db_file.name}"))})
 DATABASES = {"default": _default_db}
-# A read replica for list endpoints (off by default); see db_router.py.
+# A read replica for list endpoints (off by default); see conversations/db_router.py.
 DATABASE_REPLICA_URL = os.environ.get("DATABASE_REPLICA_URL", "")
 if DATABASE_REPLICA_URL:
     _replica = dj_database_url.parse(
@@ -169,7 +169,7 @@ if DATABASE_REPLICA_URL:
     )
     _replica.setdefault("TEST", {"MIRROR": "default"})
     DATABASES["replica"] = _replica
-DATABASE_ROUTERS = ["chatbot_project.db_router.ReplicaRouter"]
+DATABASE_ROUTERS = ["conversations.db_router.ReplicaRouter"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -206,9 +206,6 @@ elif CACHE_URL in ("", "locmem://"):
 else:
     raise ImproperlyConfigured("CACHE_URL must be empty, locmem:// or a redis:// URL")
 
-# Bare comparison views for bench/load.py only (see chatbot_project/bench_views.py).
-BENCH_BARE_VIEWS = env_bool("BENCH_BARE_VIEWS", False)
-
 # Limits.
 MAX_SESSIONS_PER_USER = env_int("MAX_SESSIONS_PER_USER", 100)
 # Fair shares (README, "Fair shares"): per user, whatever the thread counts.
@@ -240,7 +237,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "chatkit.schema.ChatkitAutoSchema",
     "EXCEPTION_HANDLER": "chatkit.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_THROTTLE_CLASSES": ["chatkit.throttling.UserThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["api_common.UserThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "auth": os.environ.get("THROTTLE_AUTH", "20/min") or None,
         "runs": os.environ.get("THROTTLE_RUNS", "30/min") or None,

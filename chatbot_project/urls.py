@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -21,11 +20,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     re_path(r"^api/", exceptions.api_not_found),
 ]
-
-if settings.BENCH_BARE_VIEWS:
-    from . import bench_views
-
-    urlpatterns.insert(0, path("bench/sessions", bench_views.bare_sessions))
 
 handler400 = "chatkit.exceptions.bad_request"
 handler403 = "chatkit.exceptions.permission_denied"

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from api_common import StrictInputMixin
 from conversations.documents import (
     message_document,
     run_document,
@@ -20,7 +21,7 @@ from conversations.models import (
     Thread,
 )
 
-from .fields import MetadataField, NonBlankTextField, StrictInputMixin
+from .fields import MetadataField, NonBlankTextField
 
 
 class SessionSerializer(StrictInputMixin, serializers.Serializer):

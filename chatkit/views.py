@@ -16,8 +16,9 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from chatbot_project.db_router import replica_reads
+from api_common import RunCreateThrottle
 from conversations import runs, services
+from conversations.db_router import replica_reads
 from conversations.errors import ErrorCode
 from conversations.models import Conversation, Message, Run, Thread
 
@@ -34,7 +35,6 @@ from .serializers import (
 )
 from .streaming import event_stream_response, follow_run_stream, live_run_stream
 from .tasks import enqueue_run
-from .throttling import RunCreateThrottle
 
 SESSION_ID_PARAMETER = OpenApiParameter(
     "session_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Session id (UUID)."

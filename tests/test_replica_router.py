@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from django.db import router
 
 from accounts.models import User
-from chatbot_project.db_router import ReplicaRouter, replica_reads
+from conversations.db_router import ReplicaRouter, replica_reads
 from conversations.models import Conversation, Message, Run, Thread
 
 MODELS = [Conversation, Thread, Message, Run, User]
@@ -121,7 +121,7 @@ def test_relations_are_allowed_across_aliases():
 
 
 def test_router_is_configured():
-    assert django_settings.DATABASE_ROUTERS == ["chatbot_project.db_router.ReplicaRouter"]
+    assert django_settings.DATABASE_ROUTERS == ["conversations.db_router.ReplicaRouter"]
 
 
 # Which reads of a request go to the replica -----------------------------------

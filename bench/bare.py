@@ -1,14 +1,18 @@
 """Bare Django views for bench/load.py: the same insert and list, no DRF, no auth.
 
-Mounted only when BENCH_BARE_VIEWS=1; never in production.
+The URLconf of bench/settings.py (which bench/load.py selects through
+DJANGO_SETTINGS_MODULE): the product's routes and ``/bench/sessions``. The
+product never imports this module.
 """
 
 import json
 import uuid
 
 from django.http import HttpRequest, JsonResponse
+from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from chatbot_project import urls
 from conversations.models import Conversation
 
 
@@ -33,3 +37,10 @@ def bare_sessions(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"data": _document(conversation)}, status=201)
     rows = Conversation.objects.filter(user_id=user_id).order_by("-created_at", "-id")[:20]
     return JsonResponse({"data": [_document(row) for row in rows]})
+
+
+urlpatterns = [path("bench/sessions", bare_sessions), *urls.urlpatterns]
+handler400 = urls.handler400
+handler403 = urls.handler403
+handler404 = urls.handler404
+handler500 = urls.handler500

@@ -1,5 +1,6 @@
-"""Rate limits, per scope, from settings (THROTTLE_AUTH, THROTTLE_RUNS, THROTTLE_USER).
+"""What the two HTTP adapters (chatkit, accounts) share: throttles and strict input.
 
+Rate limits, per scope, from settings (THROTTLE_AUTH, THROTTLE_RUNS, THROTTLE_USER).
 Counters live in the Django cache: with several gunicorn workers or hosts,
 configure a shared cache (CACHE_URL=redis://...), or each process counts on
 its own and the effective limit is multiplied by the number of processes.
@@ -7,9 +8,15 @@ its own and the effective limit is multiplied by the number of processes.
 
 import hashlib
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from django.http import HttpRequest
+from rest_framework import serializers
+from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from conversations.validators import has_forbidden_characters
 
 
 class AuthThrottle(SimpleRateThrottle):
@@ -84,3 +91,48 @@ class FailedLoginThrottle:
         now = self.timer()
         for key in self.keys:
             self.cache.set(key, [now, *self._recent(key, now)][: self.limit], self.duration)
+
+
+def _type_error(field: serializers.Field, value: Any) -> str | None:
+    if isinstance(field, serializers.CharField):
+        if not isinstance(value, str):
+            return "Must be a string."
+        if has_forbidden_characters(value):
+            return "Must not contain NUL or surrogate characters."
+    elif isinstance(field, serializers.BooleanField):
+        if not isinstance(value, bool):
+            return "Must be a boolean."
+    elif isinstance(field, serializers.IntegerField) and (
+        isinstance(value, bool) or not isinstance(value, int)
+    ):
+        return "Must be an integer."
+    return None
+
+
+class StrictInputMixin:
+    """Reject what DRF would otherwise coerce or silently drop.
+
+    A number sent for a string field, ``"true"`` for a boolean, or a field the
+    client may not set (``id``, ``user_id``, timestamps, an unknown name) is a
+    400 naming that field, so nothing half-understood is ever stored.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise serializers.ValidationError(
+                {api_settings.NON_FIELD_ERRORS_KEY: ["Expected a JSON object."]}
+            )
+        errors: dict[str, list[str]] = {}
+        for name, value in data.items():
+            field = self.fields.get(name)
+            if field is None:
+                errors[name] = ["Unknown field."]
+            elif field.read_only:
+                errors[name] = ["This field is read-only."]
+            elif value is not None:
+                problem = _type_error(field, value)
+                if problem:
+                    errors[name] = [problem]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
