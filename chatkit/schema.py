@@ -75,14 +75,24 @@ METADATA_SCHEMA = {
     },
 }
 
-_RUN_EVENTS = [
+# A run's event names in the order a run sends them (the last four are its
+# possible ends): the one list the event schema below is built from. It
+# becomes ``list(EventName)`` once the domain's enum of event names is merged.
+EVENT_NAMES = [
     "run.created",
+    "message.created",
     "run.in_progress",
+    "message.delta",
+    "message.completed",
     "run.completed",
     "run.failed",
     "run.cancelled",
     "run.expired",
 ]
+_DELTA = "message.delta"
+_RUN_EVENTS = [name for name in EVENT_NAMES if name.startswith("run.")]
+_MESSAGE_EVENTS = [name for name in EVENT_NAMES if name.startswith("message.") and name != _DELTA]
+_STARTS, _ENDS = EVENT_NAMES[:-4], EVENT_NAMES[-4:]
 
 
 def _event(names: list[str], data: dict, description: str) -> dict:
@@ -107,20 +117,19 @@ def _json_event(names: list[str], schema: dict, description: str) -> dict:
 RUN_EVENT_SCHEMA = {
     "description": (
         "One server-sent event of a run, with `id:` (its sequence number in the run), `event:` "
-        "and `data:` (JSON). In order: run.created, message.created, run.in_progress, "
-        "message.delta..., message.completed, one of run.completed|run.failed|run.cancelled|"
-        "run.expired, and last `done` with the data `[DONE]`. A `: ping` comment line keeps "
-        "idle streams open."
+        f"and `data:` (JSON). In order: {', '.join(_STARTS).replace(_DELTA, _DELTA + '...')}, "
+        f"one of {'|'.join(_ENDS)}, and last `done` with the data `[DONE]`. A `: ping` comment "
+        "line keeps idle streams open."
     ),
     "oneOf": [
         _json_event(_RUN_EVENTS, {"$ref": "#/components/schemas/Run"}, "The run."),
         _json_event(
-            ["message.created", "message.completed"],
+            _MESSAGE_EVENTS,
             {"$ref": "#/components/schemas/Message"},
             "The user message, then the assistant message.",
         ),
         _json_event(
-            ["message.delta"],
+            [_DELTA],
             {
                 "type": "object",
                 "required": ["message_id", "delta"],
