@@ -18,12 +18,11 @@ from rest_framework.response import Response
 
 from chatbot_project.db_router import replica_reads
 from conversations import runs, services
-from conversations.models import Conversation, Message, Run, Thread
+from conversations.models import Conversation, EventName, Message, Run, Thread
 
 from . import stream_slots
 from .idempotency import IdempotentPostMixin
 from .pagination import KeysetPagination
-from .providers import get_provider
 from .serializers import (
     MessageSerializer,
     RunCreateSerializer,
@@ -32,7 +31,6 @@ from .serializers import (
     ThreadSerializer,
 )
 from .streaming import event_stream_response, follow_run_stream, live_run_stream
-from .tasks import enqueue_run
 from .throttling import RunCreateThrottle
 
 SESSION_ID_PARAMETER = OpenApiParameter(
@@ -220,11 +218,13 @@ LAST_EVENT_ID_QUERY = OpenApiParameter(
     OpenApiParameter.QUERY,
     description="The Last-Event-ID header, for clients that cannot set it; the header wins.",
 )
+_ENDINGS = "|".join(sorted(runs.TERMINAL_EVENTS, key=EventName.values.index))
 EVENT_STREAM_RESPONSE = OpenApiResponse(
     response=OpenApiTypes.STR,
     description=(
-        "text/event-stream: run.created, message.created, run.in_progress, message.delta..., "
-        "message.completed, run.completed|run.failed|run.cancelled|run.expired, done."
+        f"text/event-stream: {EventName.RUN_CREATED}, {EventName.MESSAGE_CREATED}, "
+        f"{EventName.RUN_IN_PROGRESS}, {EventName.MESSAGE_DELTA}..., "
+        f"{EventName.MESSAGE_COMPLETED}, {_ENDINGS}, done."
     ),
 )
 
@@ -276,33 +276,29 @@ class RunViewSet(
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         options = body.validated_data
-        provider = get_provider()
         start = {
             "thread": self.get_thread(),
             "input": options["input"],
-            "provider": provider.name,
-            "model": provider.model,
             "instructions": options.get("instructions", ""),
             "metadata": options.get("metadata"),
         }
         if options["background"]:
-            run = runs.run_start(**start, queued=True, on_commit=enqueue_run)
-            return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+            launch = runs.run_launch(**start, mode=runs.Mode.BACKGROUND)
+            return Response(RunSerializer(launch.run).data, status=status.HTTP_202_ACCEPTED)
         if _wants_stream(request, options):
             # Past the user's stream cap nothing is created.
             slot = stream_slots.acquire(user_id=request.user.pk)
             try:
-                run = runs.run_start(**start)
+                launch = runs.run_launch(**start, mode=runs.Mode.STREAM)
             except BaseException:
                 slot.release()
                 raise
-            body = slot.holding(live_run_stream(run=run, provider=provider))
-            response = event_stream_response(body)
-            response.run_id = run.pk  # what an Idempotency-Key replay streams again
-            return response
-        run = runs.run_start(**start)
-        events = list(runs.run_execute(run=run, provider=provider, stream=False))
-        return Response(events[-1].data, status=status.HTTP_201_CREATED)
+            # What an Idempotency-Key replay streams again.
+            self.replays_stream_of(launch.run.pk)
+            return event_stream_response(slot.holding(live_run_stream(launch=launch)))
+        launch = runs.run_launch(**start, mode=runs.Mode.WAIT)
+        *_, end = launch.events
+        return Response(end.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[*THREAD_PARAMETERS, ID_PARAMETER],

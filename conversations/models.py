@@ -114,6 +114,25 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 
+class EventName(models.TextChoices):
+    """The names of a run's events, as the contract spells them (SSE ``event:``)."""
+
+    RUN_CREATED = "run.created"
+    MESSAGE_CREATED = "message.created"
+    RUN_IN_PROGRESS = "run.in_progress"
+    MESSAGE_DELTA = "message.delta"
+    MESSAGE_COMPLETED = "message.completed"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_EXPIRED = "run.expired"
+
+    @classmethod
+    def ending(cls, status: str) -> "EventName":
+        """The event that ends a run in ``status`` (completed, failed, cancelled, expired)."""
+        return cls(f"run.{status}")
+
+
 class RunErrorCode(models.TextChoices):
     PROVIDER_ERROR = "PROVIDER_ERROR"
     PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
@@ -273,7 +292,7 @@ class RunEvent(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
     last_seq = models.PositiveIntegerField()
-    event = models.CharField(max_length=32)
+    event = models.CharField(max_length=32, choices=EventName)
     data = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -283,6 +302,9 @@ class RunEvent(models.Model):
             models.UniqueConstraint(fields=("run", "seq"), name="run_event_unique_seq"),
             models.CheckConstraint(
                 condition=models.Q(last_seq__gte=models.F("seq")), name="run_event_seq_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(event__in=EventName.values), name="run_event_name_valid"
             ),
         ]
 

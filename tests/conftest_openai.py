@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatkit.providers.openai import _client
+from conversations.providers.openai import _client
 from tests.openai_server import TEST_API_KEY, TEST_MODEL, FakeOpenAIServer
 
 

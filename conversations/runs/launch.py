@@ -1,0 +1,86 @@
+"""The one way to start a run: REST, ChatKit and ``manage.py chat`` call ``run_launch``.
+
+Where a run starts: ``lifecycle.run_start``; where it is carried out and
+ends: ``execute.run_execute`` (its end through ``lifecycle.run_finish``);
+cancelled: ``lifecycle.run_cancel``; expired: ``lifecycle.runs_expire_stale``;
+its events stored and read: ``events``.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .. import tasks
+from ..llm import Provider
+from ..models import Run, Thread
+from ..providers import get_provider
+from .events import Event
+from .execute import run_context, run_execute
+from .lifecycle import run_start
+
+
+class Mode(StrEnum):
+    """How the caller takes part in the run."""
+
+    WAIT = "wait"  # carried out before run_launch returns; one provider call, no pieces
+    STREAM = "stream"  # carried out as the caller reads the events, piece by piece
+    BACKGROUND = "background"  # queued for a worker, handed over on commit
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A started run and its events.
+
+    WAIT: every event to the end, already stored. STREAM: the stored start
+    events, then the events as the provider's pieces are stored; reading
+    them carries out the run (read them to the end, or the reaper expires
+    the run). BACKGROUND: none; the run is queued.
+    """
+
+    run: Run
+    events: Iterator[Event]
+
+
+def run_launch(
+    *,
+    thread: Thread,
+    input: str,
+    mode: Mode | str,
+    instructions: str = "",
+    metadata: dict[str, str] | None = None,
+    provider: Provider | None = None,
+) -> Launch:
+    """Start a run of ``input`` on ``thread`` in ``mode``; see ``Launch`` for its events.
+
+    ``provider``: the configured one (``LLM_PROVIDER``) unless given. Raises
+    the domain errors of ``run_start`` (a run in progress, a limit reached)
+    before anything is stored.
+    """
+    mode = Mode(mode)
+    provider = provider or get_provider()
+    start: dict[str, Any] = {
+        "thread": thread,
+        "input": input,
+        "provider": provider.name,
+        "model": provider.model,
+        "instructions": instructions,
+        "metadata": metadata,
+    }
+    if mode is Mode.BACKGROUND:
+        run = run_start(**start, queued=True, on_commit=tasks.enqueue_run)
+        return Launch(run=run, events=iter(()))
+    run = run_start(**start)
+    if mode is Mode.WAIT:
+        events = list(run.start_events)
+        events += run_execute(run=run, provider=provider, stream=False)
+        return Launch(run=run, events=iter(events))
+    # Read with the caller's connection now: the events may be read elsewhere
+    # (a thread of a live stream), holding no connection meanwhile.
+    messages = run_context(run=run)
+    return Launch(run=run, events=_streamed(run, provider, messages))
+
+
+def _streamed(run: Run, provider: Provider, messages: list) -> Iterator[Event]:
+    yield from run.start_events
+    yield from run_execute(run=run, provider=provider, stream=True, messages=messages)
