@@ -19,8 +19,8 @@ from ..grouping import Grouped
 from ..llm import ChatMessage, Completion, Delta, Provider, ProviderBadResponse, ProviderError
 from ..models import Run, RunStatus
 from . import store
+from .ending import run_finish
 from .events import Event, deltas, run_events_after
-from .lifecycle import run_finish
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The one way to start a run: REST, ChatKit and ``manage.py chat`` call ``run_launch``.
 
-Where a run starts: ``lifecycle.run_start``; where it is carried out and
-ends: ``execute.run_execute`` (its end through ``lifecycle.run_finish``);
-cancelled: ``lifecycle.run_cancel``; expired: ``lifecycle.runs_expire_stale``;
-its events stored and read: ``events``.
+Where a run starts: ``lifecycle.run_start``; is carried out:
+``execute.run_execute``; ends: ``ending.run_finish``; is cancelled:
+``ending.run_cancel``; expires: ``ending.runs_expire_stale``; gets its events
+stored and read: ``events``; meets the database: ``store``.
 """
 
 from collections.abc import Iterator
