@@ -67,6 +67,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     thread_id = serializers.UUIDField(read_only=True)
     run_id = serializers.UUIDField(read_only=True, allow_null=True)
+    superseded = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = Message
@@ -77,6 +78,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "role",
             "content",
             "status",
+            "superseded",
             "created_at",
             "metadata",
         )

@@ -184,7 +184,24 @@ RUN_ID_FILTER = OpenApiParameter(
 )
 
 
-@extend_schema_view(list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER]))
+INCLUDE_SUPERSEDED = OpenApiParameter(
+    "include_superseded",
+    OpenApiTypes.BOOL,
+    OpenApiParameter.QUERY,
+    description="Also list what a retry superseded (default false).",
+)
+
+
+def _include_superseded(request: Request) -> bool:
+    raw = request.query_params.get("include_superseded", "false")
+    if raw not in ("true", "false"):
+        raise ValidationError({"include_superseded": ['Must be "true" or "false".']})
+    return raw == "true"
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER, INCLUDE_SUPERSEDED])
+)
 class MessageViewSet(
     OwnedThreadMixin, ReplicaListMixin, mixins.ListModelMixin, viewsets.GenericViewSet
 ):
@@ -202,6 +219,8 @@ class MessageViewSet(
                 queryset = queryset.filter(run_id=uuid.UUID(run_id))
             except ValueError:
                 raise ValidationError({"run_id": ["Must be a UUID."]}) from None
+        if not _include_superseded(self.request):
+            queryset = queryset.filter(superseded_by=None)
         return queryset
 
 
@@ -234,7 +253,7 @@ def _wants_stream(request: Request, options: dict) -> bool:
 
 
 @extend_schema_view(
-    list=extend_schema(parameters=THREAD_PARAMETERS),
+    list=extend_schema(parameters=[*THREAD_PARAMETERS, INCLUDE_SUPERSEDED]),
     retrieve=extend_schema(parameters=[*THREAD_PARAMETERS, ID_PARAMETER]),
 )
 class RunViewSet(
@@ -252,9 +271,13 @@ class RunViewSet(
     default_order = "desc"
 
     def get_queryset(self):
-        return Run.objects.filter(thread=self.get_thread()).select_related(
+        runs_of_thread = Run.objects.filter(thread=self.get_thread()).select_related(
             "thread", "input_message", "output_message"
         )
+        if self.action == "list" and not _include_superseded(self.request):
+            # A superseded run stays reachable by its id.
+            runs_of_thread = runs_of_thread.filter(superseded_by=None)
+        return runs_of_thread
 
     def get_throttles(self) -> list:
         throttles = super().get_throttles()

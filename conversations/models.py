@@ -167,6 +167,18 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()
+    # Set by a retry of an earlier user message: the run that replaced this
+    # one. Kept, but out of the default lists and of the provider's context.
+    # No index: nothing looks messages up by it, and runs are only deleted
+    # with their thread.
+    superseded_by = models.ForeignKey(
+        "Run",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -240,6 +252,16 @@ class Run(models.Model):
     reply_message_id = models.UUIDField(default=uuid.uuid4, editable=False)
     # Sequence number of the run's last stored event; writers hold the row lock.
     last_event_seq = models.PositiveIntegerField(default=0)
+    # Set by a retry of its input (or an earlier) user message: the run that
+    # replaced this one. Kept, but out of the default runs list.
+    superseded_by = models.ForeignKey(
+        "self",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
 
     class Meta:
         ordering = ("-created_at", "-id")

@@ -1,7 +1,7 @@
 """Runs: one user message in, one assistant reply out.
 
 Start with ``launch.run_launch``, the one service every surface calls. Then:
-``lifecycle`` (start, claim) and ``ending`` (finish, cancel, expire), each a
+``lifecycle`` (start, retry, claim) and ``ending`` (finish, cancel, expire), each a
 guarded change of a run's status; ``execute`` (the provider loop);
 ``events`` (event names and the stored event log); ``store`` (the only
 module that knows the database vendor). The public names are gathered here.
@@ -11,7 +11,14 @@ from .ending import run_cancel, run_deleted_events, run_finish, runs_expire_stal
 from .events import TERMINAL_EVENTS, Event, EventName, run_events_after
 from .execute import release_connection, run_context, run_execute
 from .launch import Launch, Mode, run_launch
-from .lifecycle import run_claim, run_exists, run_is_active, run_start, title_from_text
+from .lifecycle import (
+    run_claim,
+    run_exists,
+    run_is_active,
+    run_retry,
+    run_start,
+    title_from_text,
+)
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -30,6 +37,7 @@ __all__ = [
     "run_finish",
     "run_is_active",
     "run_launch",
+    "run_retry",
     "run_start",
     "runs_expire_stale",
     "title_from_text",

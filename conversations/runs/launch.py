@@ -13,11 +13,11 @@ from typing import Any
 
 from .. import tasks
 from ..llm import Provider
-from ..models import Run, Thread
+from ..models import Message, Run, Thread
 from ..providers import get_provider
 from .events import Event
 from .execute import run_context, run_execute
-from .lifecycle import run_start
+from .lifecycle import run_retry, run_start
 
 
 class Mode(StrEnum):
@@ -45,19 +45,26 @@ class Launch:
 def run_launch(
     *,
     thread: Thread,
-    input: str,
+    input: str = "",
     mode: Mode | str,
     instructions: str = "",
     metadata: dict[str, str] | None = None,
     provider: Provider | None = None,
+    retry_of: Message | None = None,
 ) -> Launch:
     """Start a run of ``input`` on ``thread`` in ``mode``; see ``Launch`` for its events.
 
-    ``provider``: the configured one (``LLM_PROVIDER``) unless given. Raises
-    the domain errors of ``run_start`` (a run in progress, a limit reached)
+    With ``retry_of`` (a user message of ``thread``), the run is a new reply
+    to it instead, and what followed it is superseded (``run_retry``); its
+    events start at the run (the user message is not sent again). A retry
+    waits or streams, never in the background. ``provider``: the configured
+    one (``LLM_PROVIDER``) unless given. Raises the domain errors of
+    ``run_start`` and ``run_retry`` (a run in progress, a limit reached)
     before anything is stored.
     """
     mode = Mode(mode)
+    if retry_of is not None and (mode is Mode.BACKGROUND or retry_of.thread_id != thread.pk):
+        raise ValueError("a retry waits or streams, on the thread of its message")
     provider = provider or get_provider()
     start: dict[str, Any] = {
         "thread": thread,
@@ -70,7 +77,11 @@ def run_launch(
     if mode is Mode.BACKGROUND:
         run = run_start(**start, queued=True, on_commit=tasks.enqueue_run)
         return Launch(run=run, events=iter(()))
-    run = run_start(**start)
+    if retry_of is not None:
+        del start["thread"], start["input"]
+        run = run_retry(message=retry_of, **start)
+    else:
+        run = run_start(**start)
     if mode is Mode.WAIT:
         events = list(run.start_events)
         events += run_execute(run=run, provider=provider, stream=False)

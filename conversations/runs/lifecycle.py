@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ..documents import message_document, run_document
@@ -172,6 +173,106 @@ def _insert_run(
     stored.input_message = store.saved(message)
     stored.start_events = expand(events)
     return stored
+
+
+# Retrying ------------------------------------------------------------------
+
+
+def run_retry(
+    *,
+    message: Message,
+    provider: str,
+    model: str,
+    instructions: str = "",
+    metadata: dict[str, str] | None = None,
+) -> Run:
+    """Start a new reply to the user ``message`` of its thread, in progress, committed.
+
+    The message keeps its id and is the new run's input. What followed it
+    (the later messages, its own earlier run and the later runs) is marked
+    superseded by the new run, in the same transaction: nothing is deleted,
+    and superseded messages leave the provider's context. A message that is
+    not a user message of the thread as it stands (superseded itself, say)
+    is ``ObjectNotFound``; a run in progress on the thread is
+    ``RunInProgress``, as for ``run_start`` (stale ones are expired first).
+    Not counted against ``MAX_ACTIVE_RUNS_PER_USER`` beyond what the thread
+    allows: it replaces a turn of the thread, one active run at most.
+    """
+    for _ in range(_START_ATTEMPTS):
+        try:
+            return _insert_retry(
+                message=message,
+                provider=provider,
+                model=model,
+                instructions=instructions,
+                metadata=metadata or {},
+            )
+        except IntegrityError:
+            pass
+        if runs_expire_stale(thread_id=message.thread_id):
+            continue
+        active_id = (
+            Run.objects.filter(thread_id=message.thread_id, status__in=ACTIVE_RUN_STATUSES)
+            .values_list("id", flat=True)
+            .first()
+        )
+        if active_id is not None:
+            raise RunInProgress(details={"active_run_id": str(active_id)})
+    raise RunInProgress(details={"active_run_id": None})
+
+
+def _insert_retry(
+    *,
+    message: Message,
+    provider: str,
+    model: str,
+    instructions: str,
+    metadata: dict[str, str],
+) -> Run:
+    now = timezone.now()
+    with transaction.atomic(durable=True):
+        # Read under the transaction: on SQLite it holds the write lock from
+        # BEGIN, on PostgreSQL the message's row lock orders two retries.
+        current = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("thread__conversation")
+            .filter(pk=message.pk, role=MessageRole.USER, superseded_by=None)
+            .first()
+        )
+        if current is None:
+            raise ObjectNotFound()
+        run = Run(
+            thread=current.thread,
+            status=RunStatus.IN_PROGRESS,
+            provider=provider,
+            model=model,
+            instructions=instructions,
+            metadata=metadata,
+            input_message=current,
+            created_at=now,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        items = [(EventName.RUN_CREATED, run_document(run))]
+        items.append((EventName.RUN_IN_PROGRESS, run_document(run)))
+        events = event_rows(run, items)
+        # The unique index of active runs per thread refuses a second one.
+        run.save(force_insert=True)
+        RunEvent.objects.bulk_create(events)
+        later = Q(created_at__gt=current.created_at) | Q(
+            created_at=current.created_at, pk__gt=current.pk
+        )
+        Message.objects.filter(later, thread_id=current.thread_id, superseded_by=None).update(
+            superseded_by=run
+        )
+        # A user message and its run are stored with one timestamp: from it on,
+        # its own run and every later one.
+        replaced = Run.objects.filter(
+            thread_id=current.thread_id, created_at__gte=current.created_at, superseded_by=None
+        )
+        replaced.exclude(pk=run.pk).update(superseded_by=run)
+    run.start_events = expand(events)
+    return run
 
 
 # Claiming -------------------------------------------------------------------

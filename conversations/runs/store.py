@@ -365,7 +365,7 @@ def write_delta_batches(batches: list[DeltaBatch]) -> list[int | None]:
 
 
 def newest_messages(thread_id: Any, limit: int) -> list[tuple[str, str]]:
-    """(role, content) of the thread's newest ``limit`` messages, newest first.
+    """(role, content) of the thread's newest ``limit`` messages not superseded, newest first.
 
     Read at the start of every run, so written out (``bench/run_context.py``,
     ``bench/load.py``): building and compiling the same ORM query each time
@@ -376,12 +376,13 @@ def newest_messages(thread_id: Any, limit: int) -> list[tuple[str, str]]:
     meta = Message._meta
     thread = meta.get_field("thread")
     columns = {
-        name: quote(meta.get_field(name).column) for name in ("role", "content", "created_at")
+        name: quote(meta.get_field(name).column)
+        for name in ("role", "content", "created_at", "superseded_by")
     }
     # Names come from the model, values are parameters.
     sql = (
         f"SELECT {columns['role']}, {columns['content']} FROM {quote(meta.db_table)} "  # noqa: S608
-        f"WHERE {quote(thread.column)} = %s "
+        f"WHERE {quote(thread.column)} = %s AND {columns['superseded_by']} IS NULL "
         f"ORDER BY {columns['created_at']} DESC, {quote(meta.pk.column)} DESC LIMIT %s"
     )
     with connection.cursor() as cursor:
