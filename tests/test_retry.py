@@ -7,7 +7,7 @@ context and the default REST lists (``include_superseded=true`` shows them).
 import pytest
 
 from conversations import runs
-from conversations.errors import ObjectNotFound, RunInProgress
+from conversations.errors import ActiveRunLimitReached, ObjectNotFound, RunInProgress
 from conversations.models import (
     Conversation,
     EventName,
@@ -134,3 +134,15 @@ def test_include_superseded_must_be_true_or_false(api, thread):
 
     assert response.status_code == 400
     assert list(response.json()["error"]["details"]) == ["include_superseded"]
+
+
+def test_a_retry_counts_against_the_users_active_runs(owner, thread, settings):
+    settings.MAX_ACTIVE_RUNS_PER_USER = 1
+    first = turn(thread, "one")
+    elsewhere = Thread.objects.create(conversation=thread.conversation)
+    runs.run_launch(thread=elsewhere, input="busy", mode=runs.Mode.BACKGROUND)
+
+    with pytest.raises(ActiveRunLimitReached):
+        runs.run_retry(message=user_message(first), provider="echo", model="echo-1")
+
+    assert fetch_row(Run, first.pk)["superseded_by_id"] is None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -194,21 +195,29 @@ def run_retry(
     and superseded messages leave the provider's context. A message that is
     not a user message of the thread as it stands (superseded itself, say)
     is ``ObjectNotFound``; a run in progress on the thread is
-    ``RunInProgress``, as for ``run_start`` (stale ones are expired first).
-    Not counted against ``MAX_ACTIVE_RUNS_PER_USER`` beyond what the thread
-    allows: it replaces a turn of the thread, one active run at most.
+    ``RunInProgress``, and past ``MAX_ACTIVE_RUNS_PER_USER`` active runs
+    ``ActiveRunLimitReached``, as for ``run_start`` (stale runs are expired
+    first).
     """
+    limit = settings.MAX_ACTIVE_RUNS_PER_USER
     for _ in range(_START_ATTEMPTS):
         try:
-            return _insert_retry(
+            run = _insert_retry(
                 message=message,
                 provider=provider,
                 model=model,
                 instructions=instructions,
                 metadata=metadata or {},
+                limit=limit,
             )
         except IntegrityError:
             pass
+        else:
+            if run is not None:
+                return run
+            if runs_expire_stale(user_id=message.thread.conversation.user_id):
+                continue
+            raise ActiveRunLimitReached(details={"reason": "active_runs", "limit": limit})
         if runs_expire_stale(thread_id=message.thread_id):
             continue
         active_id = (
@@ -228,7 +237,9 @@ def _insert_retry(
     model: str,
     instructions: str,
     metadata: dict[str, str],
-) -> Run:
+    limit: int,
+) -> Run | None:
+    """Store the retry; None if the owner has ``limit`` active runs (0: no limit)."""
     now = timezone.now()
     with transaction.atomic(durable=True):
         # Read under the transaction: on SQLite it holds the write lock from
@@ -241,6 +252,17 @@ def _insert_retry(
         )
         if current is None:
             raise ObjectNotFound()
+        if limit:
+            user_id = current.thread.conversation.user_id
+            # The owner's row lock queues the user's concurrent starts and
+            # retries before they count, as run_start's does.
+            owner = get_user_model().objects.select_for_update(no_key=True).filter(pk=user_id)
+            list(owner.values_list("pk"))
+            active = Run.objects.filter(
+                thread__conversation__user_id=user_id, status__in=ACTIVE_RUN_STATUSES
+            )
+            if active[:limit].count() >= limit:
+                return None
         run = Run(
             thread=current.thread,
             status=RunStatus.IN_PROGRESS,
