@@ -32,7 +32,12 @@ class PageParams:
 
 
 class KeysetPagination(BasePagination):
-    """The contract's list paging. Views set ``default_order`` ("asc" or "desc")."""
+    """The contract's list paging.
+
+    Views set ``default_order`` ("asc" or "desc") and have ``list_parent()``:
+    the field and value that make the list (``("thread", thread.pk)``), which
+    a cursor must share.
+    """
 
     def paginate_queryset(self, queryset: QuerySet, request: Request, view=None) -> list:
         params = self._params(request, getattr(view, "default_order", "desc"))
@@ -42,12 +47,16 @@ class KeysetPagination(BasePagination):
 
         page_query = queryset
         cursors = {}
+        if params.after is not None or params.before is not None:
+            parent = view.list_parent()
         if params.after is not None:
             cursors["after"] = cursor = self._cursor(queryset, params.after, "after")
-            page_query = page_query.filter(rows_beyond(queryset, cursor, descending))
+            page_query = page_query.filter(rows_beyond(queryset.model, cursor, descending, parent))
         if params.before is not None:
             cursors["before"] = cursor = self._cursor(queryset, params.before, "before")
-            page_query = page_query.filter(rows_beyond(queryset, cursor, not descending))
+            page_query = page_query.filter(
+                rows_beyond(queryset.model, cursor, not descending, parent)
+            )
 
         if params.before is not None and params.after is None:
             # Walk backwards from the cursor, then restore the chosen order.

@@ -103,6 +103,9 @@ class OwnedSessionMixin:
 class OwnedThreadMixin(OwnedSessionMixin):
     """Resolve ``thread_id`` among the threads of the URL's own session."""
 
+    def list_parent(self) -> tuple[str, object]:
+        return "thread", self.get_thread().pk
+
     def get_thread(self) -> Thread:
         if not hasattr(self, "_thread"):
             # One query for both: the thread, joined to its session, which
@@ -132,6 +135,9 @@ class SessionViewSet(ChatkitViewSet):
     def get_queryset(self):
         return Conversation.objects.owned_by(self.request.user)
 
+    def list_parent(self) -> tuple[str, object]:
+        return "user", self.request.user.pk
+
     def perform_create(self, serializer: SessionSerializer) -> None:
         serializer.instance = services.conversation_create(
             user=self.request.user, **serializer.validated_data
@@ -160,6 +166,9 @@ class ThreadViewSet(OwnedSessionMixin, ChatkitViewSet):
 
     def get_queryset(self):
         return Thread.objects.filter(conversation=self.get_session())
+
+    def list_parent(self) -> tuple[str, object]:
+        return "conversation", self.get_session().pk
 
     def perform_create(self, serializer: ThreadSerializer) -> None:
         serializer.instance = services.thread_create(

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import orjson
 from django.contrib.auth import get_user_model
 from django.db import connection, models, transaction
-from django.db.models import BooleanField, F, Func, QuerySet, Subquery, UUIDField, Value
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
 from django.utils.timezone import now as timezone_now
 
 from ..models import (
@@ -421,41 +422,36 @@ def insert_conversation_within_quota(conversation: Conversation, limit: int) -> 
     return execute_together([_lock_owner(user_id, "UPDATE"), guarded]) == 1
 
 
-class _RowBeyond(Func):
-    """``(created_at, id) > (cursor's created_at, cursor id)``, or ``<``."""
+def rows_beyond(
+    model: type[models.Model], cursor_id: uuid.UUID, descending: bool, parent: tuple[str, Any]
+) -> RawSQL:
+    """A filter: rows after the cursor item in (created_at, id) order, or before.
 
-    output_field = BooleanField()
+    ``parent`` (a field name and its value: ``("thread", id)``) is the list's
+    parent; a cursor that is not a child of it (someone else's, deleted)
+    makes the cursor's time NULL and the page empty. Other conditions of the
+    list are not checked on the cursor: an item of the same parent that a
+    filter hides still places the page.
 
-    def __init__(self, *expressions: Any, operator: str) -> None:
-        super().__init__(*expressions)
-        self.operator = operator
-
-    def as_sql(self, compiler, connection, **extra) -> tuple[str, list[Any]]:
-        parts, params = [], []
-        for expression in self.get_source_expressions():
-            sql, expression_params = compiler.compile(expression)
-            parts.append(sql)
-            params.extend(expression_params)
-        created_at, pk, cursor_time, cursor_id = parts
-        return f"({created_at}, {pk}) {self.operator} ({cursor_time}, {cursor_id})", params
-
-
-def rows_beyond(scope: QuerySet, cursor_id: uuid.UUID, descending: bool) -> Func:
-    """A filter: rows of ``scope`` after the cursor item in (created_at, id) order.
-
-    One row-value comparison, which PostgreSQL and SQLite both turn into a
-    range scan of the (…, created_at, id) index (``bench/paging_depth.py``:
-    a page 50,000 deep costs what the first does; the ORM's
-    ``created_at < t OR (created_at = t AND id < c)`` does not always). The
-    cursor's timestamp is a subquery under the list's own conditions, so a
-    cursor missing from the list (or someone else's) makes it NULL and the
-    page empty.
+    Written out for ``bench/paging_depth.py``: one row-value comparison,
+    ``(created_at, id) < (cursor's created_at, cursor id)``, which PostgreSQL
+    and SQLite both turn into a range scan of the (parent, created_at, id)
+    index, with the cursor's time an uncorrelated subquery read once. Built
+    through the ORM (a Subquery of the list) it cost 0.8 ms more a page, and
+    a page 50,000 deep 1.25 to 1.3 times the first instead of 1.1.
     """
-    cursor_time = Subquery(scope.filter(pk=cursor_id).values("created_at").order_by()[:1])
-    return _RowBeyond(
-        F("created_at"),
-        F("pk"),
-        cursor_time,
-        Value(cursor_id, output_field=UUIDField()),
-        operator="<" if descending else ">",
+    meta = model._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    created_at, pk = quote(meta.get_field("created_at").column), quote(meta.pk.column)
+    parent_field = meta.get_field(parent[0])
+    operator = "<" if descending else ">"
+    # Names come from the model, values are parameters.
+    sql = (
+        f"({table}.{created_at}, {table}.{pk}) {operator} "  # noqa: S608
+        f"((SELECT cursor_row.{created_at} FROM {table} cursor_row "
+        f"WHERE cursor_row.{pk} = %s AND cursor_row.{quote(parent_field.column)} = %s), %s)"
     )
+    cursor = meta.pk.get_db_prep_value(cursor_id, connection)
+    parent_value = parent_field.target_field.get_db_prep_value(parent[1], connection)
+    return RawSQL(sql, (cursor, parent_value, cursor), output_field=BooleanField())  # noqa: S611
