@@ -1,12 +1,11 @@
-from django.apps import AppConfig, apps
-from django.db.models.signals import post_migrate
+from django.apps import AppConfig
 
 
-def create_task_queue(**kwargs) -> None:
-    """Make the task queue's tables (idempotent) whenever the database is migrated."""
-    from .tasks import prepare_task_queue
+def purge_keys(*, hourly: bool, **kwargs) -> None:
+    """Drop expired idempotency records, every worker maintenance round."""
+    from .idempotency import purge_expired_keys
 
-    prepare_task_queue()
+    purge_expired_keys()
 
 
 class ChatkitConfig(AppConfig):
@@ -14,9 +13,6 @@ class ChatkitConfig(AppConfig):
     name = "chatkit"
 
     def ready(self) -> None:
-        # post_migrate is only sent for apps with models; runs live in conversations.
-        post_migrate.connect(
-            create_task_queue,
-            sender=apps.get_app_config("conversations"),
-            dispatch_uid="chatkit.create_task_queue",
-        )
+        from conversations.tasks import maintenance
+
+        maintenance.connect(purge_keys, dispatch_uid="chatkit.purge_keys")

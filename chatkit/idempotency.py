@@ -11,6 +11,7 @@ is 409. Only successful answers are kept: after an error the key is free.
 import hashlib
 import re
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -102,6 +103,15 @@ class IdempotentPostMixin:
     """For viewsets: honour ``Idempotency-Key`` on authenticated POSTs."""
 
     _idempotency_record: tuple | None = None
+    _stream_run_id: Any = None
+
+    def replays_stream_of(self, run_id: Any) -> None:
+        """Say that this request's answer is the stream of run ``run_id``.
+
+        A streamed answer cannot be stored: a replay follows the run's
+        stored events instead.
+        """
+        self._stream_run_id = run_id
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         # Authentication, permissions and throttles first: keys are per user.
@@ -128,13 +138,14 @@ class IdempotentPostMixin:
         if self._idempotency_record is None:
             return response
         user, key = self._idempotency_record
+        stream_run_id, self._stream_run_id = self._stream_run_id, None
         self._idempotency_record = None
         record = IdempotencyRecord.objects.filter(user=user, key=key, response_status=None)
         if not 200 <= response.status_code < 300:
             # Errors are not final answers: the client may fix and retry.
             record.delete()
-        elif getattr(response, "streaming", False):
-            record.update(response_status=response.status_code, stream_run_id=response.run_id)
+        elif stream_run_id is not None:
+            record.update(response_status=response.status_code, stream_run_id=stream_run_id)
         else:
             response.render()
             record.update(response_status=response.status_code, response_body=response.content)

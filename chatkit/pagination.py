@@ -10,13 +10,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import FullResultSet
-from django.db.models import BooleanField, QuerySet
-from django.db.models.expressions import Expression
+from django.db.models import QuerySet
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+
+from conversations.runs.store import rows_beyond
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -31,56 +31,13 @@ class PageParams:
     before: Any
 
 
-class _Beyond(Expression):
-    """Rows that come after the cursor item in the chosen order.
-
-    One row-value comparison, ``(created_at, id) < (cursor's created_at,
-    cursor id)``, which PostgreSQL and SQLite both turn into a range scan of
-    the (…, created_at, id) index. The cursor's timestamp is a subquery
-    under the list's own conditions, so a page after a cursor is one query
-    like the first, and a cursor missing from the list (or someone else's)
-    makes the subquery NULL and the page empty.
-    """
-
-    output_field = BooleanField()
-
-    def __init__(self, scope: QuerySet, cursor_id: uuid.UUID, descending: bool) -> None:
-        super().__init__()
-        self.scope = scope
-        self.cursor_id = cursor_id
-        self.descending = descending
-
-    def as_sql(self, compiler, connection) -> tuple[str, tuple]:
-        meta = self.scope.model._meta
-        quote = connection.ops.quote_name
-        table = quote(meta.db_table)
-        created_at = f"{table}.{quote(meta.get_field('created_at').column)}"
-        pk = f"{table}.{quote(meta.pk.column)}"
-        cursor_id = meta.pk.get_db_prep_value(self.cursor_id, connection)
-        sql, params = self._cursor_time(compiler, connection, table, created_at, pk, cursor_id)
-        op = "<" if self.descending else ">"
-        return f"({created_at}, {pk}) {op} (({sql}), %s)", (*params, cursor_id)
-
-    def _cursor_time(self, compiler, connection, table, created_at, pk, cursor_id):
-        query = self.scope.query
-        joined = (alias for alias in query.alias_map if alias != query.base_table)
-        if any(query.alias_refcount[alias] for alias in joined):
-            # Conditions across a join: let Django build the whole subquery.
-            subquery = self.scope.filter(pk=self.cursor_id).values("created_at").order_by()[:1]
-            return subquery.query.get_compiler(connection=connection).as_sql()
-        # One table, the list's own: its conditions compile as they stand,
-        # with no second queryset to clone and compile on every page.
-        try:
-            where, params = compiler.compile(query.where)
-        except FullResultSet:
-            where, params = "", ()
-        conditions = f"{pk} = %s AND ({where})" if where else f"{pk} = %s"
-        sql = f"SELECT {created_at} FROM {table} WHERE {conditions}"  # noqa: S608 - quoted names
-        return sql, (cursor_id, *params)
-
-
 class KeysetPagination(BasePagination):
-    """The contract's list paging. Views set ``default_order`` ("asc" or "desc")."""
+    """The contract's list paging.
+
+    Views set ``default_order`` ("asc" or "desc") and have ``list_parent()``:
+    the field and value that make the list (``("thread", thread.pk)``), which
+    a cursor must share.
+    """
 
     def paginate_queryset(self, queryset: QuerySet, request: Request, view=None) -> list:
         params = self._params(request, getattr(view, "default_order", "desc"))
@@ -90,12 +47,16 @@ class KeysetPagination(BasePagination):
 
         page_query = queryset
         cursors = {}
+        if params.after is not None or params.before is not None:
+            parent = view.list_parent()
         if params.after is not None:
             cursors["after"] = cursor = self._cursor(queryset, params.after, "after")
-            page_query = page_query.filter(_Beyond(queryset, cursor, descending))
+            page_query = page_query.filter(rows_beyond(queryset.model, cursor, descending, parent))
         if params.before is not None:
             cursors["before"] = cursor = self._cursor(queryset, params.before, "before")
-            page_query = page_query.filter(_Beyond(queryset, cursor, not descending))
+            page_query = page_query.filter(
+                rows_beyond(queryset.model, cursor, not descending, parent)
+            )
 
         if params.before is not None and params.after is None:
             # Walk backwards from the cursor, then restore the chosen order.

@@ -18,6 +18,7 @@ from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework import serializers
 
 from conversations.errors import ErrorCode
+from conversations.models import EventName
 from conversations.validators import (
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
@@ -76,20 +77,10 @@ METADATA_SCHEMA = {
 }
 
 # A run's event names in the order a run sends them (the last four are its
-# possible ends): the one list the event schema below is built from. It
-# becomes ``list(EventName)`` once the domain's enum of event names is merged.
-EVENT_NAMES = [
-    "run.created",
-    "message.created",
-    "run.in_progress",
-    "message.delta",
-    "message.completed",
-    "run.completed",
-    "run.failed",
-    "run.cancelled",
-    "run.expired",
-]
-_DELTA = "message.delta"
+# possible ends), from the domain's one enum: the event schema below is built
+# from them.
+EVENT_NAMES = [name.value for name in EventName]
+_DELTA = EventName.MESSAGE_DELTA.value
 _RUN_EVENTS = [name for name in EVENT_NAMES if name.startswith("run.")]
 _MESSAGE_EVENTS = [name for name in EVENT_NAMES if name.startswith("message.") and name != _DELTA]
 _STARTS, _ENDS = EVENT_NAMES[:-4], EVENT_NAMES[-4:]

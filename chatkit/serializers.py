@@ -75,6 +75,7 @@ class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=MessageRole.choices, read_only=True)
     content = serializers.CharField(read_only=True)
     status = serializers.ChoiceField(choices=MessageStatus.choices, read_only=True)
+    superseded = serializers.BooleanField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     metadata = MetadataField(read_only=True)
 

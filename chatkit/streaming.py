@@ -13,8 +13,7 @@ from django.db import connection
 from django.http import StreamingHttpResponse
 
 from conversations import runs
-from conversations.llm import Provider
-from conversations.models import Run
+from conversations.models import EventName, Run
 
 from .logging import request_id_var
 
@@ -52,7 +51,7 @@ class _Told:
 
     def heard(self, event: runs.Event) -> None:
         """An event the client had before this stream: only its text counts."""
-        if event.event == runs.DELTA:
+        if event.event == EventName.MESSAGE_DELTA:
             self.reply.append(event.data["delta"])
 
     def encode(self, events: list[runs.Event]) -> Iterator[bytes]:
@@ -80,22 +79,22 @@ class _Told:
             )
 
 
-def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
-    """Carry out ``run`` in a thread of its own and stream its events.
+def live_run_stream(*, launch: runs.Launch) -> Iterator[bytes]:
+    """Read a streamed launch's events in a thread of their own, and stream them.
 
-    The run lives in its own thread so that it goes on, and its reply is
-    stored, when the client goes away; the response only reads a queue,
-    which also lets it send a ping while the provider is silent.
+    Reading them carries out the run, in its own thread so that it goes on,
+    and its reply is stored, when the client goes away; the response only
+    reads a queue, which also lets it send a ping while the provider is
+    silent.
     """
+    run = launch.run
     events: queue.Queue[Any] = queue.Queue()
     request_id = request_id_var.get()
 
     def carry_out() -> None:
         request_id_var.set(request_id)
         try:
-            for event in runs.run_execute(
-                run=run, provider=provider, stream=True, messages=messages
-            ):
+            for event in launch.events:
                 events.put(event)
         except Exception:
             # A bug, not a provider failure (those end the run as failed):
@@ -105,13 +104,10 @@ def live_run_stream(*, run: Run, provider: Provider) -> Iterator[bytes]:
             connection.close()
             events.put(_END)
 
-    # Read with the request's connection, before it goes back to the pool.
-    messages = runs.run_context(run=run)
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
     told = _Told(last_seq=0)
-    yield b"".join(told.encode(run.start_events))
     last_sent = time.monotonic()
     while True:
         try:

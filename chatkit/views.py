@@ -20,12 +20,11 @@ from api_common import RunCreateThrottle
 from conversations import runs, services
 from conversations.db_router import replica_reads
 from conversations.errors import ErrorCode
-from conversations.models import Conversation, Message, Run, Thread
+from conversations.models import Conversation, EventName, Message, Run, Thread
 
 from . import stream_slots
 from .idempotency import IdempotentPostMixin
 from .pagination import KeysetPagination
-from .providers import get_provider
 from .serializers import (
     MessageSerializer,
     RunCreateSerializer,
@@ -34,7 +33,6 @@ from .serializers import (
     ThreadSerializer,
 )
 from .streaming import event_stream_response, follow_run_stream, live_run_stream
-from .tasks import enqueue_run
 
 SESSION_ID_PARAMETER = OpenApiParameter(
     "session_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Session id (UUID)."
@@ -106,6 +104,9 @@ class OwnedSessionMixin:
 class OwnedThreadMixin(OwnedSessionMixin):
     """Resolve ``thread_id`` among the threads of the URL's own session."""
 
+    def list_parent(self) -> tuple[str, object]:
+        return "thread", self.get_thread().pk
+
     def get_thread(self) -> Thread:
         if not hasattr(self, "_thread"):
             # One query for both: the thread, joined to its session, which
@@ -137,6 +138,9 @@ class SessionViewSet(ChatkitViewSet):
     def get_queryset(self):
         return Conversation.objects.owned_by(self.request.user)
 
+    def list_parent(self) -> tuple[str, object]:
+        return "user", self.request.user.pk
+
     def perform_create(self, serializer: SessionSerializer) -> None:
         serializer.instance = services.conversation_create(
             user=self.request.user, **serializer.validated_data
@@ -166,6 +170,9 @@ class ThreadViewSet(OwnedSessionMixin, ChatkitViewSet):
     def get_queryset(self):
         return Thread.objects.filter(conversation=self.get_session())
 
+    def list_parent(self) -> tuple[str, object]:
+        return "conversation", self.get_session().pk
+
     def perform_create(self, serializer: ThreadSerializer) -> None:
         serializer.instance = services.thread_create(
             conversation=self.get_session(), **serializer.validated_data
@@ -189,7 +196,24 @@ RUN_ID_FILTER = OpenApiParameter(
 )
 
 
-@extend_schema_view(list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER]))
+INCLUDE_SUPERSEDED = OpenApiParameter(
+    "include_superseded",
+    OpenApiTypes.BOOL,
+    OpenApiParameter.QUERY,
+    description="Also list what a retry superseded (default false).",
+)
+
+
+def _include_superseded(request: Request) -> bool:
+    raw = request.query_params.get("include_superseded", "false")
+    if raw not in ("true", "false"):
+        raise ValidationError({"include_superseded": ['Must be "true" or "false".']})
+    return raw == "true"
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[*THREAD_PARAMETERS, RUN_ID_FILTER, INCLUDE_SUPERSEDED])
+)
 class MessageViewSet(
     OwnedThreadMixin, ReplicaListMixin, mixins.ListModelMixin, viewsets.GenericViewSet
 ):
@@ -207,6 +231,8 @@ class MessageViewSet(
                 queryset = queryset.filter(run_id=uuid.UUID(run_id))
             except ValueError:
                 raise ValidationError({"run_id": ["Must be a UUID."]}) from None
+        if not _include_superseded(self.request):
+            queryset = queryset.filter(superseded_by=None)
         return queryset
 
 
@@ -223,11 +249,13 @@ LAST_EVENT_ID_QUERY = OpenApiParameter(
     OpenApiParameter.QUERY,
     description="The Last-Event-ID header, for clients that cannot set it; the header wins.",
 )
+_ENDINGS = "|".join(sorted(runs.TERMINAL_EVENTS, key=EventName.values.index))
 EVENT_STREAM_RESPONSE = OpenApiResponse(
     response=OpenApiTypes.STR,
     description=(
-        "text/event-stream: run.created, message.created, run.in_progress, message.delta..., "
-        "message.completed, run.completed|run.failed|run.cancelled|run.expired, done."
+        f"text/event-stream: {EventName.RUN_CREATED}, {EventName.MESSAGE_CREATED}, "
+        f"{EventName.RUN_IN_PROGRESS}, {EventName.MESSAGE_DELTA}..., "
+        f"{EventName.MESSAGE_COMPLETED}, {_ENDINGS}, done."
     ),
 )
 
@@ -237,7 +265,7 @@ def _wants_stream(request: Request, options: dict) -> bool:
 
 
 @extend_schema_view(
-    list=extend_schema(parameters=THREAD_PARAMETERS),
+    list=extend_schema(parameters=[*THREAD_PARAMETERS, INCLUDE_SUPERSEDED]),
     retrieve=extend_schema(parameters=[*THREAD_PARAMETERS, ID_PARAMETER]),
 )
 class RunViewSet(
@@ -256,9 +284,13 @@ class RunViewSet(
     raises = {"create": [ErrorCode.RUN_IN_PROGRESS], "cancel": [ErrorCode.RUN_NOT_ACTIVE]}
 
     def get_queryset(self):
-        return Run.objects.filter(thread=self.get_thread()).select_related(
+        runs_of_thread = Run.objects.filter(thread=self.get_thread()).select_related(
             "thread", "input_message", "output_message"
         )
+        if self.action == "list" and not _include_superseded(self.request):
+            # A superseded run stays reachable by its id.
+            runs_of_thread = runs_of_thread.filter(superseded_by=None)
+        return runs_of_thread
 
     def get_throttles(self) -> list:
         throttles = super().get_throttles()
@@ -279,33 +311,29 @@ class RunViewSet(
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         options = body.validated_data
-        provider = get_provider()
         start = {
             "thread": self.get_thread(),
             "input": options["input"],
-            "provider": provider.name,
-            "model": provider.model,
             "instructions": options.get("instructions", ""),
             "metadata": options.get("metadata"),
         }
         if options["background"]:
-            run = runs.run_start(**start, queued=True, on_commit=enqueue_run)
-            return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+            launch = runs.run_launch(**start, mode=runs.Mode.BACKGROUND)
+            return Response(RunSerializer(launch.run).data, status=status.HTTP_202_ACCEPTED)
         if _wants_stream(request, options):
             # Past the user's stream cap nothing is created.
             slot = stream_slots.acquire(user_id=request.user.pk)
             try:
-                run = runs.run_start(**start)
+                launch = runs.run_launch(**start, mode=runs.Mode.STREAM)
             except BaseException:
                 slot.release()
                 raise
-            body = slot.holding(live_run_stream(run=run, provider=provider))
-            response = event_stream_response(body)
-            response.run_id = run.pk  # what an Idempotency-Key replay streams again
-            return response
-        run = runs.run_start(**start)
-        events = list(runs.run_execute(run=run, provider=provider, stream=False))
-        return Response(events[-1].data, status=status.HTTP_201_CREATED)
+            # What an Idempotency-Key replay streams again.
+            self.replays_stream_of(launch.run.pk)
+            return event_stream_response(slot.holding(live_run_stream(launch=launch)))
+        launch = runs.run_launch(**start, mode=runs.Mode.WAIT)
+        *_, end = launch.events
+        return Response(end.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[*THREAD_PARAMETERS, ID_PARAMETER],

@@ -28,7 +28,8 @@ class ConversationAdmin(admin.ModelAdmin):
 
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ("created_at", "role", "status", "content", "run")
+    # Superseded messages (replaced by a retry) stay, marked with the run that replaced them.
+    fields = ("created_at", "role", "status", "content", "run", "superseded_by")
     readonly_fields = fields
     ordering = ("created_at", "id")
     can_delete = False
@@ -60,7 +61,13 @@ class RunAdmin(admin.ModelAdmin):
     """Runs with their outcome; stale ones can be expired by hand."""
 
     list_display = ("id", "status", "provider", "model", "thread", "created_at", "duration")
-    list_filter = ("status", "incomplete_reason", "provider", "created_at")
+    list_filter = (
+        "status",
+        "incomplete_reason",
+        ("superseded_by", admin.EmptyFieldListFilter),
+        "provider",
+        "created_at",
+    )
     search_fields = (
         "=id",
         "=thread__id",

@@ -49,6 +49,7 @@ def message_document(message: Message) -> dict[str, Any]:
         "role": message.role,
         "content": message.content,
         "status": message.status,
+        "superseded": message.superseded_by_id is not None,
         "created_at": iso(message.created_at),
         "metadata": message.metadata,
     }

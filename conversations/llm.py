@@ -1,6 +1,6 @@
 """The port to language-model providers: what the run services need of one.
 
-Implementations (adapters) live in ``chatkit.providers``.
+Implementations (adapters) live in ``conversations.providers``.
 """
 
 from collections.abc import Iterator

@@ -115,6 +115,25 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 
+class EventName(models.TextChoices):
+    """The names of a run's events, as the contract spells them (SSE ``event:``)."""
+
+    RUN_CREATED = "run.created"
+    MESSAGE_CREATED = "message.created"
+    RUN_IN_PROGRESS = "run.in_progress"
+    MESSAGE_DELTA = "message.delta"
+    MESSAGE_COMPLETED = "message.completed"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_EXPIRED = "run.expired"
+
+    @classmethod
+    def ending(cls, status: str) -> "EventName":
+        """The event that ends a run in ``status`` (completed, failed, cancelled, expired)."""
+        return cls(f"run.{status}")
+
+
 # Why a run failed: the members of ErrorCode that a run stores.
 RunErrorCode = models.TextChoices(
     "RunErrorCode", [(code.name, code.value) for code in RUN_FAILURES]
@@ -148,6 +167,18 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()
+    # Set by a retry of an earlier user message: the run that replaced this
+    # one. Kept, but out of the default lists and of the provider's context.
+    # No index: nothing looks messages up by it, and runs are only deleted
+    # with their thread.
+    superseded_by = models.ForeignKey(
+        "Run",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -221,6 +252,16 @@ class Run(models.Model):
     reply_message_id = models.UUIDField(default=uuid.uuid4, editable=False)
     # Sequence number of the run's last stored event; writers hold the row lock.
     last_event_seq = models.PositiveIntegerField(default=0)
+    # Set by a retry of its input (or an earlier) user message: the run that
+    # replaced this one. Kept, but out of the default runs list.
+    superseded_by = models.ForeignKey(
+        "self",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
 
     class Meta:
         ordering = ("-created_at", "-id")
@@ -273,7 +314,7 @@ class RunEvent(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
     last_seq = models.PositiveIntegerField()
-    event = models.CharField(max_length=32)
+    event = models.CharField(max_length=32, choices=EventName)
     data = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -283,6 +324,9 @@ class RunEvent(models.Model):
             models.UniqueConstraint(fields=("run", "seq"), name="run_event_unique_seq"),
             models.CheckConstraint(
                 condition=models.Q(last_seq__gte=models.F("seq")), name="run_event_seq_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(event__in=EventName.values), name="run_event_name_valid"
             ),
         ]
 

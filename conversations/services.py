@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connection, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
-from . import statements
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
 from .models import Conversation, Thread
+from .runs import store
 
 UNSET: Any = object()
 M = TypeVar("M", Conversation, Thread)
@@ -49,15 +49,7 @@ def conversation_create(
     if title is not None:
         conversation.title = title
     try:
-        if connection.vendor == "postgresql":
-            created = _insert_within_quota(conversation, limit)
-        else:
-            # SQLite takes the write lock at BEGIN (IMMEDIATE, see settings),
-            # so concurrent creates queue there before they count.
-            with transaction.atomic(durable=True):
-                created = Conversation.objects.filter(user=user)[:limit].count() < limit
-                if created:
-                    conversation.save(force_insert=True)
+        created = store.insert_conversation_within_quota(conversation, limit)
     except IntegrityError:
         # The owner was deleted after this request authenticated.
         if not get_user_model().objects.filter(pk=user.pk).exists():
@@ -65,27 +57,7 @@ def conversation_create(
         raise
     if not created:
         raise SessionLimitReached(details={"limit": limit})
-    return conversation
-
-
-def _insert_within_quota(conversation: Conversation, limit: int) -> bool:
-    """Insert ``conversation`` unless its owner has ``limit`` sessions; one round trip.
-
-    The first statement locks the owner's row, so that concurrent creates
-    for one user queue there; the second counts and inserts. The count must
-    be its own statement: one riding along in the locking SELECT would read
-    the snapshot taken before the lock was granted, and miss the inserts it
-    waited for. Returns whether the row was inserted.
-    """
-    table = Conversation._meta.db_table
-    lock = f"SELECT 1 FROM {get_user_model()._meta.db_table} WHERE id = %s FOR UPDATE"  # noqa: S608
-    # Counting stops at the limit: a user far past a lowered limit costs no more.
-    owned = f"SELECT 1 FROM {table} WHERE user_id = %s LIMIT %s"  # noqa: S608
-    under_quota = f"(SELECT count(*) FROM ({owned}) AS owned) < %s"  # noqa: S608
-    user_id = conversation.user_id
-    guarded = statements.insert([conversation], where=(under_quota, [user_id, limit, limit]))
-    inserted = statements.execute_together([(lock, [user_id]), guarded])
-    return inserted == 1
+    return store.saved(conversation)
 
 
 def conversation_update(
@@ -148,49 +120,9 @@ def owned_thread(*, user_id: Any, session_id: Any, thread_id: Any) -> Thread | N
     """Thread ``thread_id`` of the user's session ``session_id``, its session loaded.
 
     None unless the thread is in that session and the session is the user's.
-    Every request on a thread starts here, so it is one written-out query:
-    building and compiling the ORM's join cost more than running it.
+    One query, the thread joined to its session.
     """
-    db = router.db_for_read(Thread) or "default"
-    reading = connections[db]
-    quote = reading.ops.quote_name
-    thread_meta, session_meta = Thread._meta, Conversation._meta
-    threads, sessions = quote(thread_meta.db_table), quote(session_meta.db_table)
-    to_session = quote(thread_meta.get_field("conversation").column)
-    session_pk, thread_pk = quote(session_meta.pk.column), quote(thread_meta.pk.column)
-    owner = session_meta.get_field("user")
-    columns = [f"{threads}.{quote(f.column)}" for f in thread_meta.concrete_fields]
-    columns += [f"{sessions}.{quote(f.column)}" for f in session_meta.concrete_fields]
-    # Names come from the models, values are parameters.
-    sql = (
-        f"SELECT {', '.join(columns)} FROM {threads} "  # noqa: S608
-        f"INNER JOIN {sessions} ON {sessions}.{session_pk} = {threads}.{to_session} "
-        f"WHERE {threads}.{thread_pk} = %s AND {threads}.{to_session} = %s "
-        f"AND {sessions}.{quote(owner.column)} = %s"
-    )
-    params = [
-        thread_meta.pk.get_db_prep_value(thread_id, reading),
-        session_meta.pk.get_db_prep_value(session_id, reading),
-        owner.target_field.get_db_prep_value(user_id, reading),
-    ]
-    with reading.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    split = len(thread_meta.concrete_fields)
-    thread = _from_row(Thread, db, row[:split])
-    thread.conversation = _from_row(Conversation, db, row[split:])
-    return thread
-
-
-def _from_row(model: type[M], db: str, values: tuple) -> M:
-    """A model instance from its concrete fields' values as the database gave them."""
-    reading = connections[db]
-    converted = []
-    for field, value in zip(model._meta.concrete_fields, values, strict=True):
-        column = field.get_col(model._meta.db_table)
-        for converter in reading.ops.get_db_converters(column) + column.get_db_converters(reading):
-            value = converter(value, column, reading)
-        converted.append(value)
-    return model.from_db(db, [field.attname for field in model._meta.concrete_fields], converted)
+    threads = Thread.objects.select_related("conversation")
+    return threads.filter(
+        pk=thread_id, conversation_id=session_id, conversation__user_id=user_id
+    ).first()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatkit.providers.openai import _client
+from conversations.providers.openai import shared_client
 from tests.openai_server import TEST_API_KEY, TEST_MODEL, FakeOpenAIServer
 
 
@@ -32,6 +32,6 @@ def openai_settings(settings, openai_server) -> Iterator[FakeOpenAIServer]:
     settings.LLM_MAX_RETRIES = 0
     settings.LLM_TIMEOUT_SECONDS = 5.0
     # get_provider() keeps one SDK client per configuration.
-    _client.cache_clear()
+    shared_client.cache_clear()
     yield openai_server
-    _client.cache_clear()
+    shared_client.cache_clear()

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connections
 from huey.storage import PostgresStorage, SqliteStorage
 
-from chatkit.tasks import configured_huey
+from conversations.tasks import configured_huey
 
 # How the settings hand connection parameters to huey's PostgresStorage.
 _POSTGRES_PARAMS = ("dsn", "host", "port", "dbname", "user", "password")

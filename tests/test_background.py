@@ -11,9 +11,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from huey.contrib.djhuey import HUEY
 
-from chatkit.tasks import enqueue_run, execute_run
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.tasks import enqueue_run, execute_run
 from tests.db import fetch_row, fetch_rows
 from tests.sse import (
     SSEStream,

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from chatkit.tasks import execute_run
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.tasks import execute_run
 from tests.conftest import client_for
 from tests.db import fetch_row, fetch_rows
 from tests.openai_server import Reply

@@ -7,6 +7,7 @@ from django.db import connection
 
 from conversations import runs
 from conversations.models import Conversation, Run, RunEvent, RunStatus, Thread
+from conversations.runs import store
 from tests.db import fetch_row, fetch_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,10 +79,10 @@ def meanwhile(monkeypatch, change) -> None:
     """
     if connection.vendor != "postgresql":
         pytest.skip("SQLite claims under its write lock: nothing comes between")
-    claimed = runs._claimed
+    move = store.move_if_unchanged
     changes = [change]
 
-    def change_first(run):
+    def change_first(run, *args, **kwargs):
         def on_another_connection():
             try:
                 changes.pop()(run.pk)
@@ -92,9 +93,9 @@ def meanwhile(monkeypatch, change) -> None:
             other = threading.Thread(target=on_another_connection)
             other.start()
             other.join()
-        return claimed(run)
+        return move(run, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "_claimed", change_first)
+    monkeypatch.setattr(store, "move_if_unchanged", change_first)
 
 
 def test_a_run_cancelled_between_read_and_claim_stays_cancelled(queued, monkeypatch):

@@ -14,13 +14,13 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from chatkit.management.commands import chat as chat_command
 from chatkit.models import IdempotencyRecord
-from chatkit.providers.echo import EchoProvider
 from conversations import runs, services
 from conversations.llm import Delta, ProviderError
+from conversations.management.commands import chat as chat_command
 from conversations.management.commands import purge_conversations
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.providers.echo import EchoProvider
 from tests.db import count_rows, fetch_row, fetch_rows
 
 SESSIONS = "/api/v1/chatkit/sessions"
@@ -579,7 +579,7 @@ def test_worker_refuses_another_engine(settings, backend):
 
 
 def test_worker_help():
-    text = help_text("chatkit", "worker")
+    text = help_text("conversations", "worker")
 
     assert "--threads" in text
     assert "worker" in text
@@ -590,7 +590,7 @@ def test_commands_have_help():
         ("conversations", "export_conversation"),
         ("conversations", "purge_conversations"),
         ("conversations", "reap_runs"),
-        ("chatkit", "chat"),
+        ("conversations", "chat"),
         ("chatkit", "purge_idempotency_keys"),
     ]:
         assert load_command_class(app, name).help, name

@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatkit.providers import echo
 from conversations.llm import ChatMessage, Completion, Delta
+from conversations.providers import echo
 
 
 class FakeClock:

@@ -12,9 +12,9 @@ from django_tasks import task_backends
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from chatkit.providers.echo import EchoProvider
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.providers.echo import EchoProvider
 from tests.conftest import PASSWORD
 
 # Counted with the token's user looked up (no cached user): the cold cost.

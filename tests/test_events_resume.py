@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatkit.providers import get_provider
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.providers import get_provider
+from conversations.runs import execute
 from tests.conftest import client_for
 from tests.sse import (
     Comment,
@@ -87,7 +88,7 @@ def test_last_event_id_resumes_right_after_it(api, thread, settings, monkeypatch
     # batch must still give one event per id, none twice, none missing. The
     # flush clock stands still, so no tick can begin while the run streams.
     settings.STREAM_FLUSH_MS = 600_000
-    monkeypatch.setattr(runs, "time", SimpleNamespace(monotonic=lambda: 1234.5))
+    monkeypatch.setattr(execute, "time", SimpleNamespace(monotonic=lambda: 1234.5))
     run = streamed_run(thread)
     full = replay(api, thread, run["id"])
     last_id = full[-2].id

@@ -28,7 +28,9 @@ def committed_events(run_id) -> list[tuple[int, int, str]]:
 def test_end_stores_reply_events_and_state_together(run):
     started_seq = run.last_event_seq
 
-    events = runs._finish(run, pending=["Echo: ", "hello"], status="completed", text="Echo: hello")
+    events = runs.run_finish(
+        run=run, pending=["Echo: ", "hello"], status="completed", text="Echo: hello"
+    )
 
     assert [event.event for event in events] == [
         "message.delta",
@@ -57,7 +59,7 @@ def test_a_run_cancelled_first_keeps_the_cancel_and_gets_no_reply(run):
     runs.run_cancel(run_id=run.pk)
     cancelled = committed_events(run.pk)
 
-    events = runs._finish(run, pending=["late"], status="completed", text="late reply")
+    events = runs.run_finish(run=run, pending=["late"], status="completed", text="late reply")
 
     assert events is None
     assert fetch_row(Run, run.pk)["status"] == RunStatus.CANCELLED
@@ -75,7 +77,7 @@ def test_events_stored_meanwhile_make_it_look_under_the_lock_and_end_after_them(
     stored_seq = run.last_event_seq
     Run.objects.filter(pk=run.pk).update(last_event_seq=stored_seq + 5)
 
-    events = runs._finish(run, pending=[], status="completed", text="Echo: hello")
+    events = runs.run_finish(run=run, pending=[], status="completed", text="Echo: hello")
 
     assert [event.seq for event in events] == [stored_seq + 6, stored_seq + 7]
     row = fetch_row(Run, run.pk)
@@ -87,5 +89,5 @@ def test_the_end_is_one_statement_on_postgresql(run, django_assert_num_queries):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite locks the run and writes statement by statement")
     with django_assert_num_queries(1):
-        runs._finish(run, pending=["x"], status="completed", text="x")
+        runs.run_finish(run=run, pending=["x"], status="completed", text="x")
     assert fetch_row(Run, run.pk)["status"] == RunStatus.COMPLETED

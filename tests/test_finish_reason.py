@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
-from chatkit import providers, views
-from chatkit.providers.echo import EchoProvider
-from chatkit.tasks import execute_run
+from conversations import providers, tasks
 from conversations.llm import (
     ChatMessage,
     Completion,
@@ -36,6 +34,8 @@ from conversations.llm import (
     ProviderError,
 )
 from conversations.models import Conversation, Message, Run, Thread
+from conversations.providers.echo import EchoProvider
+from conversations.tasks import execute_run
 from tests.conftest import client_for
 from tests.db import fetch_row, fetch_rows
 from tests.openai_server import Reply, _pieces
@@ -64,7 +64,7 @@ def thread(owner) -> Thread:
 def handed_over(monkeypatch) -> list[str]:
     """Background runs the API hands to the task queue; the tests carry them out."""
     runs_handed_over: list[str] = []
-    monkeypatch.setattr(views, "enqueue_run", lambda run: runs_handed_over.append(str(run.pk)))
+    monkeypatch.setattr(tasks, "enqueue_run", lambda run: runs_handed_over.append(str(run.pk)))
     return runs_handed_over
 
 

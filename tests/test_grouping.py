@@ -14,10 +14,11 @@ import pytest
 from django.db import DataError, connection
 from django.utils import timezone
 
-from chatkit.providers.echo import EchoProvider
 from conversations import runs
 from conversations.grouping import Grouped
 from conversations.models import Conversation, Run, RunEvent, RunStatus, Thread
+from conversations.providers.echo import EchoProvider
+from conversations.runs import execute, store
 from tests.db import fetch_row, fetch_rows
 
 
@@ -145,8 +146,8 @@ def start_runs(owner, count: int) -> list[Run]:
     ]
 
 
-def batch(run: Run, *pieces: str) -> runs._DeltaBatch:
-    return runs._DeltaBatch(run.pk, str(run.reply_message_id), list(pieces))
+def batch(run: Run, *pieces: str) -> store.DeltaBatch:
+    return store.DeltaBatch(run.pk, str(run.reply_message_id), list(pieces))
 
 
 def stored_pieces(run: Run) -> list[tuple[int, int, list[str]]]:
@@ -162,8 +163,8 @@ def test_batches_of_many_runs_stored_at_once_are_committed_each_in_its_place(own
     before = timezone.now()
     first_seq = {run.pk: run.last_event_seq + 1 for run in started}
 
-    results = call_at_once(runs._delta_writer, [batch(run, "a", "b", "c") for run in started])
-    results += call_at_once(runs._delta_writer, [batch(run, "d") for run in started])
+    results = call_at_once(execute.delta_writer, [batch(run, "a", "b", "c") for run in started])
+    results += call_at_once(execute.delta_writer, [batch(run, "d") for run in started])
 
     for index, run in enumerate(started):
         seq = first_seq[run.pk]
@@ -181,7 +182,7 @@ def test_a_run_ended_meanwhile_gets_none_and_nothing_is_stored(owner):
     runs.run_cancel(run_id=ended.pk)
     last_seq = fetch_row(Run, ended.pk)["last_event_seq"]
 
-    results = runs._write_delta_group([batch(ended, "late"), batch(going_on, "on time")])
+    results = execute.write_delta_group([batch(ended, "late"), batch(going_on, "on time")])
 
     assert results == [None, going_on.last_event_seq + 1]
     assert stored_pieces(ended) == []
@@ -195,7 +196,7 @@ def test_a_batch_the_database_refuses_fails_alone(owner):
         pytest.skip("SQLite stores NUL inside JSON text; PostgreSQL's jsonb refuses it")
     first, refused, last = start_runs(owner, 3)
 
-    results = runs._write_delta_group(
+    results = execute.write_delta_group(
         [batch(first, "fine"), batch(refused, "bad \x00 piece"), batch(last, "fine too")]
     )
 
@@ -210,10 +211,10 @@ def test_a_batch_the_database_refuses_fails_alone(owner):
 
 def test_streams_flush_on_one_clock():
     """Batches are cut when a tick of a shared clock begins, so streams flush together."""
-    assert runs._flush_due(0.0, 1000.0, 0.2)
-    assert not runs._flush_due(1.01, 1.19, 0.2)
-    assert runs._flush_due(1.19, 1.21, 0.2)
-    assert runs._flush_due(1.5, 1.5, 0)
+    assert execute.flush_due(0.0, 1000.0, 0.2)
+    assert not execute.flush_due(1.01, 1.19, 0.2)
+    assert execute.flush_due(1.19, 1.21, 0.2)
+    assert execute.flush_due(1.5, 1.5, 0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -225,7 +226,7 @@ def test_a_streams_first_piece_is_stored_at_once_whatever_the_clock_reads(
     # first tick, as on a host that started less than a tick ago. The first
     # piece is stored (and sent) at once all the same, the rest with the end.
     settings.STREAM_FLUSH_MS = 600_000
-    monkeypatch.setattr(runs, "time", SimpleNamespace(monotonic=lambda: clock))
+    monkeypatch.setattr(execute, "time", SimpleNamespace(monotonic=lambda: clock))
     (run,) = start_runs(owner, 1)
 
     events = list(runs.run_execute(run=run, provider=EchoProvider(), stream=True))

@@ -21,9 +21,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from chatkit import views
 from chatkit.models import IdempotencyRecord
-from conversations import runs
+from conversations import runs, tasks
 from conversations.models import Conversation, Message, MessageRole, Run, Thread
 from tests.conftest import client_for
 from tests.db import count_rows, fetch_rows
@@ -61,7 +60,7 @@ def session(owner) -> Conversation:
 def enqueued(monkeypatch) -> list[str]:
     """Background runs handed to the task engine (recorded, not carried out)."""
     handed_over: list[str] = []
-    monkeypatch.setattr(views, "enqueue_run", lambda run: handed_over.append(str(run.pk)))
+    monkeypatch.setattr(tasks, "enqueue_run", lambda run: handed_over.append(str(run.pk)))
     return handed_over
 
 

@@ -13,9 +13,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from chatkit.providers import get_provider
 from conversations import runs
 from conversations.models import Conversation, Message, Run, RunEvent, Thread
+from conversations.providers import get_provider
 from tests.db import fetch_row, fetch_rows
 from tests.sse import delta_text, runs_path, streamed_events, wait_until, worker_process
 

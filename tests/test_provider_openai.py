@@ -9,8 +9,6 @@ import logging
 import httpx2
 import pytest
 
-from chatkit.providers import get_provider
-from chatkit.providers.openai import OpenAIProvider
 from conversations.llm import (
     ChatMessage,
     Completion,
@@ -21,6 +19,8 @@ from conversations.llm import (
     ProviderTimeout,
 )
 from conversations.models import Conversation, Message, Run, Thread
+from conversations.providers import get_provider
+from conversations.providers.openai import OpenAIProvider
 from tests.openai_server import TEST_API_KEY, TEST_MODEL, Fail, Raw, Reply
 
 pytest_plugins = ["tests.conftest_openai"]

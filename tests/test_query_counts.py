@@ -19,7 +19,7 @@ SESSIONS = "/api/v1/chatkit/sessions"
 def test_session_create(api, owner, django_assert_num_queries):
     # 1. SELECT the user named by the access token
     # 2. SAVEPOINT
-    # PostgreSQL, one round trip (services._insert_within_quota):
+    # PostgreSQL, one round trip (store.insert_conversation_within_quota):
     #   3. SELECT the user FOR UPDATE; INSERT the session if under the quota
     # SQLite (BEGIN IMMEDIATE serializes creates):
     #   3. SELECT COUNT(*) of the user's sessions, 4. INSERT the session

@@ -39,7 +39,7 @@ def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
     #   PostgreSQL: 3 SAVEPOINT, 4 SELECT the user FOR NO KEY UPDATE; INSERT
     #   run if the user has fewer than MAX_ACTIVE_RUNS_PER_USER active runs;
     #   INSERT user message; INSERT run events (run.created, message.created,
-    #   run.in_progress), sent together (conversations/statements.py),
+    #   run.in_progress), sent together (store.insert_run),
     #   5 RELEASE SAVEPOINT. In production there is no savepoint: the
     #   statements are their own transaction.
     #   SQLite: 3 SAVEPOINT, 4 COUNT the user's active runs (up to the

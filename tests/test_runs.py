@@ -33,7 +33,18 @@ RUN_KEYS = {
     "started_at",
     "completed_at",
 }
-MESSAGE_KEYS = {"id", "thread_id", "run_id", "role", "content", "status", "created_at", "metadata"}
+# The contract's message document (superseded: set by a retry).
+MESSAGE_KEYS = {
+    "id",
+    "thread_id",
+    "run_id",
+    "role",
+    "content",
+    "status",
+    "superseded",
+    "created_at",
+    "metadata",
+}
 
 
 def thread_url(thread: Thread) -> str:

@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db import connection
 from huey.contrib.djhuey import HUEY
 
-from chatkit.tasks import enqueue_run
 from conversations import runs
+from conversations.tasks import enqueue_run
 from tests.db import second_connection
 
 

@@ -15,7 +15,8 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts.services import purge_expired_tokens
-from chatkit.management.commands import worker
+from conversations.management.commands import worker
+from conversations.tasks import maintenance
 from tests.db import count_rows
 from tests.sse import wait_until, worker_process
 
@@ -54,29 +55,28 @@ def test_purge_drops_expired_tokens_with_their_blacklist_rows_and_keeps_the_rest
 
 
 @pytest.mark.django_db(transaction=True)
-def test_worker_maintenance_purges_expired_tokens_at_first_then_hourly(owner, monkeypatch):
+def test_worker_maintenance_purges_expired_tokens_at_first_then_hourly(owner, request):
     rounds = []
-    count_rounds = worker.purge_expired_keys
 
-    def counted() -> int:
+    def counted(**kwargs) -> None:
         rounds.append(1)
-        return count_rounds()
 
-    monkeypatch.setattr(worker, "purge_expired_keys", counted)
+    maintenance.connect(counted)
+    request.addfinalizer(lambda: maintenance.disconnect(counted))
     first = token(owner, expired=True, blacklisted=True)
     stop = threading.Event()
-    maintenance = threading.Thread(target=worker.maintain_forever, args=(0.01, stop))
-    maintenance.start()
+    rounds_thread = threading.Thread(target=worker.maintain_forever, args=(0.01, stop))
+    rounds_thread.start()
     try:
         wait_until(lambda: not stored(first), timeout=30, what="the first round's purge")
         later = token(owner, expired=True)
         seen = len(rounds)
         wait_until(lambda: len(rounds) >= seen + 5, timeout=30, what="five more rounds")
-        # Not before TOKEN_PURGE_SECONDS: simplejwt's table is read whole each time.
+        # Not before an hour: simplejwt's table is read whole each time.
         assert stored(later)
     finally:
         stop.set()
-        maintenance.join(timeout=30)
+        rounds_thread.join(timeout=30)
     assert count_rows(BlacklistedToken) == 0
 
 

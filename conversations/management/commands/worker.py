@@ -8,35 +8,33 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from accounts.services import purge_expired_tokens
-from conversations.runs import runs_expire_stale
-
-from ...idempotency import purge_expired_keys
-from ...tasks import configured_huey, prepare_task_queue, prune_task_results
+from ...runs import runs_expire_stale
+from ...tasks import configured_huey, maintenance, prepare_task_queue, prune_task_results
 
 logger = logging.getLogger(__name__)
 
 
-# Expired refresh tokens are looked for hourly, not every round: simplejwt's
-# table has no index on their expiry, so each look reads all of it.
-TOKEN_PURGE_SECONDS = 3600
+# Some records are looked for hourly, not every round: expired refresh
+# tokens, say, whose table has no index on their expiry.
+HOURLY = 3600
 
 
 def maintain_forever(interval: float, stop: threading.Event) -> None:
     """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records.
 
-    Expired refresh tokens go in the first round that gets that far, then
-    every ``TOKEN_PURGE_SECONDS``.
+    The other apps' records go through the ``maintenance`` signal (sent with
+    ``hourly`` True in the first round that gets that far, then every
+    ``HOURLY`` seconds), so the domain does not import them.
     """
-    tokens_due = time.monotonic()
+    hourly_due = time.monotonic()
     while not stop.wait(interval):
         try:
             runs_expire_stale()
             prune_task_results()
-            purge_expired_keys()
-            if time.monotonic() >= tokens_due:
-                purge_expired_tokens()
-                tokens_due = time.monotonic() + TOKEN_PURGE_SECONDS
+            hourly = time.monotonic() >= hourly_due
+            maintenance.send(sender=None, hourly=hourly)
+            if hourly:
+                hourly_due = time.monotonic() + HOURLY
         except Exception:
             # The database may be briefly away; the next round tries again.
             logger.exception("Worker maintenance failed")

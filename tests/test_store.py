@@ -3,8 +3,8 @@
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from conversations import statements
 from conversations.models import Conversation
+from conversations.runs import store
 from tests.conftest import make_user
 from tests.db import count_rows, fetch_row
 
@@ -18,7 +18,7 @@ def test_statements_sent_together_are_committed_on_return():
     owner = make_user("owner")
     first, second = Conversation(user=owner, title="one"), Conversation(user=owner, title="two")
 
-    statements.execute_together([statements.insert([first]), statements.insert([second])])
+    store.execute_together([store.insert([first]), store.insert([second])])
 
     assert fetch_row(Conversation, first.pk)["title"] == "one"
     assert fetch_row(Conversation, second.pk)["title"] == "two"
@@ -32,7 +32,7 @@ def test_a_failing_statement_undoes_the_ones_before_it():
     duplicate = Conversation(id=kept.pk, user=owner, title="duplicate")
 
     with pytest.raises(IntegrityError):
-        statements.execute_together([statements.insert([new]), statements.insert([duplicate])])
+        store.execute_together([store.insert([new]), store.insert([duplicate])])
 
     assert count_rows(Conversation, user=owner.pk) == 1
     assert fetch_row(Conversation, kept.pk)["title"] == "kept"
@@ -43,7 +43,7 @@ def test_refused_inside_a_transaction_that_would_delay_the_commit():
     owner = make_user("owner")
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        statements.execute_together([statements.insert([Conversation(user=owner)])])
+        store.execute_together([store.insert([Conversation(user=owner)])])
 
     assert count_rows(Conversation, user=owner.pk) == 0
 
@@ -55,7 +55,7 @@ def test_update_writes_only_the_named_fields():
     conversation.title = "new"
     conversation.instructions = "not saved"
 
-    statements.execute_together([statements.update(conversation, ["title"])])
+    store.execute_together([store.update(conversation, ["title"])])
 
     row = fetch_row(Conversation, conversation.pk)
     assert (row["title"], row["instructions"]) == ("new", "keep")
@@ -67,7 +67,7 @@ def test_conditional_insert_of_several_rows_inserts_all_or_none(holds):
     owner = make_user("owner")
     rows = [Conversation(user=owner, title=f"s{i}", metadata={"i": str(i)}) for i in range(3)]
 
-    statements.execute_together([statements.insert(rows, where=("%s", [holds]))])
+    store.execute_together([store.insert(rows, where=("%s", [holds]))])
 
     assert count_rows(Conversation, user=owner.pk) == (3 if holds else 0)
     if holds:
@@ -80,10 +80,10 @@ def test_conditional_update_holds_only_if_the_row_was_as_expected():
     conversation = Conversation.objects.create(user=owner, title="old")
     conversation.title = "new"
 
-    missed = statements.update(conversation, ["title"], where=("title = %s", ["other"]))
-    assert statements.execute_together([missed]) == 0
+    missed = store.update(conversation, ["title"], where=("title = %s", ["other"]))
+    assert store.execute_together([missed]) == 0
     assert fetch_row(Conversation, conversation.pk)["title"] == "old"
 
-    matched = statements.update(conversation, ["title"], where=("title = %s", ["old"]))
-    assert statements.execute_together([matched]) == 1
+    matched = store.update(conversation, ["title"], where=("title = %s", ["old"]))
+    assert store.execute_together([matched]) == 1
     assert fetch_row(Conversation, conversation.pk)["title"] == "new"

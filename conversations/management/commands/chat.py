@@ -1,15 +1,15 @@
-"""Chat from the terminal, through the same services as the API."""
+"""Chat from the terminal, through the same launch service as the API."""
 
 import uuid
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from conversations import runs, services
-from conversations.errors import DomainError
-from conversations.models import Conversation, RunStatus, Thread
-
+from ... import services
+from ...errors import DomainError
+from ...models import Conversation, EventName, RunStatus, Thread
 from ...providers import get_provider
+from ...runs import Mode, run_launch
 
 QUIT_WORDS = {"/quit", "/exit"}
 
@@ -58,16 +58,14 @@ class Command(BaseCommand):
 
     def _turn(self, thread: Thread, provider, text: str) -> None:
         try:
-            run = runs.run_start(
-                thread=thread, input=text, provider=provider.name, model=provider.model
-            )
+            launch = run_launch(thread=thread, input=text, mode=Mode.STREAM, provider=provider)
         except DomainError as exc:
             self.stderr.write(f"{exc.code}: {exc.message}")
             return
         self.stdout.write("assistant> ", ending="")
         final = None
-        for event in runs.run_execute(run=run, provider=provider, stream=True):
-            if event.event == runs.DELTA:
+        for event in launch.events:
+            if event.event == EventName.MESSAGE_DELTA:
                 self.stdout.write(event.data["delta"], ending="")
                 self.stdout.flush()
             elif event.is_terminal:

@@ -3,14 +3,19 @@
 import logging
 
 from django.conf import settings
+from django.dispatch import Signal
 from django_tasks import task
 
-from conversations import runs
-from conversations.models import Run
-
+from .models import Run
 from .providers import get_provider
+from .runs.execute import run_execute
+from .runs.lifecycle import run_claim
 
 logger = logging.getLogger(__name__)
+
+# Sent by the worker every maintenance round, with ``hourly`` True about once
+# an hour: the other apps drop their expired records then.
+maintenance = Signal()
 
 
 @task()
@@ -19,11 +24,11 @@ def execute_run(run_id: str) -> None:
     # The provider first: a configuration error raises before the run is
     # claimed, instead of leaving it in progress until its lease runs out.
     provider = get_provider()
-    run = runs.run_claim(run_id=run_id)
+    run = run_claim(run_id=run_id)
     if run is None:
         logger.info("Run %s is not queued any more; nothing to do", run_id)
         return
-    for _event in runs.run_execute(run=run, provider=provider, stream=True):
+    for _event in run_execute(run=run, provider=provider, stream=True):
         pass
 
 

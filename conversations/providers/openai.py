@@ -34,8 +34,10 @@ _FINISH_REASONS = {
 
 
 @lru_cache(maxsize=8)
-def _client(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.OpenAI:
-    # One client (and its connection pool) per configuration and process.
+def shared_client(
+    api_key: str, base_url: str | None, timeout: float, max_retries: int
+) -> openai.OpenAI:
+    """The SDK client of a configuration: one (and its connection pool) per process."""
     return openai.OpenAI(
         api_key=api_key or "not-needed",
         base_url=base_url,
@@ -70,7 +72,7 @@ class OpenAIProvider:
 
     @classmethod
     def from_settings(cls) -> "OpenAIProvider":
-        client = _client(
+        client = shared_client(
             settings.OPENAI_API_KEY,
             settings.OPENAI_BASE_URL,
             settings.LLM_TIMEOUT_SECONDS,
