@@ -87,32 +87,48 @@ def run_start(
         "queued": queued,
         "limit": limit,
     }
+    run = _first_start(
+        lambda: _insert_run(**start), thread_id=thread.pk, user_id=user_id, limit=limit
+    )
+    if on_commit is not None:
+        # Runs at once, the run being committed; inside a test's transaction,
+        # when that commits. robust: a failed hand-over is logged, and the
+        # reaper ends the run.
+        transaction.on_commit(lambda: on_commit(run), robust=True)
+    return run
+
+
+def _first_start(
+    insert: Callable[[], Run | None], *, thread_id: Any, user_id: Any, limit: int
+) -> Run:
+    """``insert()``'s run, retried while what stood in its way was stale.
+
+    ``insert`` returns None past the user's active-run limit and raises
+    IntegrityError when the thread has an active run (the partial unique
+    index). Stale runs in the way (lease run out) are expired and the insert
+    tried again; live ones are the caller's error.
+    """
     for _ in range(_START_ATTEMPTS):
         try:
-            run = _insert_run(**start)
+            run = insert()
         except IntegrityError:
             pass
         else:
             if run is not None:
-                if on_commit is not None:
-                    # Runs at once, the run being committed; inside a test's
-                    # transaction, when that commits. robust: a failed
-                    # hand-over is logged, and the reaper ends the run.
-                    transaction.on_commit(lambda run=run: on_commit(run), robust=True)
                 return run
             if runs_expire_stale(user_id=user_id):
                 continue
             raise ActiveRunLimitReached(details={"reason": "active_runs", "limit": limit})
-        if runs_expire_stale(thread_id=thread.pk):
+        if runs_expire_stale(thread_id=thread_id):
             continue
         active_id = (
-            Run.objects.filter(thread_id=thread.pk, status__in=ACTIVE_RUN_STATUSES)
+            Run.objects.filter(thread_id=thread_id, status__in=ACTIVE_RUN_STATUSES)
             .values_list("id", flat=True)
             .first()
         )
         if active_id is not None:
             raise RunInProgress(details={"active_run_id": str(active_id)})
-        if not Thread.objects.filter(pk=thread.pk).exists():
+        if not Thread.objects.filter(pk=thread_id).exists():
             raise ObjectNotFound()
     raise RunInProgress(details={"active_run_id": None})
 
@@ -200,34 +216,19 @@ def run_retry(
     first).
     """
     limit = settings.MAX_ACTIVE_RUNS_PER_USER
-    for _ in range(_START_ATTEMPTS):
-        try:
-            run = _insert_retry(
-                message=message,
-                provider=provider,
-                model=model,
-                instructions=instructions,
-                metadata=metadata or {},
-                limit=limit,
-            )
-        except IntegrityError:
-            pass
-        else:
-            if run is not None:
-                return run
-            if runs_expire_stale(user_id=message.thread.conversation.user_id):
-                continue
-            raise ActiveRunLimitReached(details={"reason": "active_runs", "limit": limit})
-        if runs_expire_stale(thread_id=message.thread_id):
-            continue
-        active_id = (
-            Run.objects.filter(thread_id=message.thread_id, status__in=ACTIVE_RUN_STATUSES)
-            .values_list("id", flat=True)
-            .first()
-        )
-        if active_id is not None:
-            raise RunInProgress(details={"active_run_id": str(active_id)})
-    raise RunInProgress(details={"active_run_id": None})
+    return _first_start(
+        lambda: _insert_retry(
+            message=message,
+            provider=provider,
+            model=model,
+            instructions=instructions,
+            metadata=metadata or {},
+            limit=limit,
+        ),
+        thread_id=message.thread_id,
+        user_id=message.thread.conversation.user_id,
+        limit=limit,
+    )
 
 
 def _insert_retry(
