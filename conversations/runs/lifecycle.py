@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -253,17 +252,8 @@ def _insert_retry(
         )
         if current is None:
             raise ObjectNotFound()
-        if limit:
-            user_id = current.thread.conversation.user_id
-            # The owner's row lock queues the user's concurrent starts and
-            # retries before they count, as run_start's does.
-            owner = get_user_model().objects.select_for_update(no_key=True).filter(pk=user_id)
-            list(owner.values_list("pk"))
-            active = Run.objects.filter(
-                thread__conversation__user_id=user_id, status__in=ACTIVE_RUN_STATUSES
-            )
-            if active[:limit].count() >= limit:
-                return None
+        if limit and store.at_active_limit(current.thread.conversation.user_id, limit):
+            return None
         run = Run(
             thread=current.thread,
             status=RunStatus.IN_PROGRESS,

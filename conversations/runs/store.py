@@ -182,6 +182,23 @@ def _below_active_limit(user_id: Any, limit: int) -> Statement:
     )
 
 
+def at_active_limit(user_id: Any, limit: int) -> bool:
+    """Inside a transaction: whether the user has ``limit`` active runs.
+
+    The owner's row is locked first (on PostgreSQL; SQLite holds the write
+    lock from BEGIN), so the user's concurrent starts and retries queue
+    before they count, and cannot both take the last place. Counting stops
+    at the limit.
+    """
+    if connection.features.has_select_for_update:
+        owner = get_user_model().objects.select_for_update(no_key=True).filter(pk=user_id)
+        list(owner.values_list("pk"))
+    active = Run.objects.filter(
+        thread__conversation__user_id=user_id, status__in=ACTIVE_RUN_STATUSES
+    )
+    return active[:limit].count() >= limit
+
+
 def insert_run(
     *,
     run: Run,
@@ -238,13 +255,8 @@ def insert_run(
     with transaction.atomic(durable=True):
         # SQLite takes the write lock at BEGIN, so concurrent starts queue
         # there before they count.
-        if limit:
-            active = Run.objects.filter(
-                thread__conversation__user_id=conversation.user_id,
-                status__in=ACTIVE_RUN_STATUSES,
-            )
-            if active[:limit].count() >= limit:
-                return False, False
+        if limit and at_active_limit(conversation.user_id, limit):
+            return False, False
         message.save(force_insert=True)
         RunEvent.objects.bulk_create(events)
         run.save(force_insert=True)
