@@ -50,6 +50,7 @@ import copy
 import difflib
 import importlib.metadata
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,7 +95,6 @@ from agents import (  # noqa: E402
     ModelResponse,
     ModelSettings,
     Runner,
-    Usage,
     set_tracing_disabled,
 )
 from chatkit.agents import AgentContext, simple_to_agent_input, stream_agent_response  # noqa: E402
@@ -127,21 +127,27 @@ from pydantic import BaseModel, TypeAdapter, ValidationError  # noqa: E402
 
 # Nothing leaves this process: the agents SDK would export traces otherwise.
 set_tracing_disabled(True)
+# The reference server logs a refused replay with its traceback; the report says it once.
+logging.getLogger("chatkit").disabled = True
 
-STREAMING = ("threads.create", "threads.add_user_message", "threads.retry_after_item")
 EMPTY_OBJECT = "{}"
-RESPONSE_TYPES: dict[str, Any] = {
-    "threads.get_by_id": Thread,
-    "threads.list": Page[Thread],
-    "items.list": Page[ThreadItem],
-    "threads.update": Thread,
-    "threads.delete": EMPTY_OBJECT,
-    "items.feedback": EMPTY_OBJECT,
+# A plain request's answer: (its type in the package, the name a report gives it).
+RESPONSE_TYPES: dict[str, tuple[Any, str]] = {
+    "threads.get_by_id": (Thread, "Thread"),
+    "threads.list": (Page[Thread], "Page[Thread]"),
+    "items.list": (Page[ThreadItem], "Page[ThreadItem]"),
+    "threads.update": (Thread, "Thread"),
+    "threads.delete": (EMPTY_OBJECT, "{}"),
+    "items.feedback": (EMPTY_OBJECT, "{}"),
 }
 ADAPTERS = {
     "request": TypeAdapter(ChatKitReq),
     "event": TypeAdapter(ThreadStreamEvent),
-    **{kind: TypeAdapter(t) for kind, t in RESPONSE_TYPES.items() if t is not EMPTY_OBJECT},
+    **{
+        kind: TypeAdapter(schema)
+        for kind, (schema, _) in RESPONSE_TYPES.items()
+        if schema is not EMPTY_OBJECT
+    },
 }
 ENVELOPE_ERROR_FIELDS = {"code": str, "message": str, "request_id": str}
 
@@ -266,17 +272,20 @@ def parse_sse(text: str, *, dropped: bool) -> tuple[list[Frame], list[str]]:
         fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
     if fields and not dropped:
         problems.append("the stream ends inside an event (no blank line after it)")
+    named = []
     for index, frame in enumerate(frames):
-        unknown = set(frame.fields) - {"data", "id", "retry"}
-        if unknown - {"event"}:
-            problems.append(f"event {index}: unknown field(s) {sorted(unknown - {'event'})}")
-        if "event" in frame.fields and frame.fields["event"] != ["message"]:
-            problems.append(
-                f"event {index}: named event {frame.fields['event']} "
-                "(ChatKit reads unnamed `data:` frames, as the reference server sends)"
-            )
+        unknown = set(frame.fields) - {"data", "id", "retry", "event"}
+        if unknown:
+            problems.append(f"event {index}: unknown field(s) {sorted(unknown)}")
+        if frame.fields.get("event", ["message"]) != ["message"]:
+            named.append(index)
         if "data" not in frame.fields:
             problems.append(f"event {index}: no data")
+    if named:
+        problems.append(
+            f"{len(named)} named event(s), from event {named[0]} "
+            "(ChatKit reads unnamed `data:` frames, as the reference server sends)"
+        )
     return frames, problems
 
 
@@ -523,7 +532,7 @@ def title_from(message: UserMessageItem) -> str:
 
 
 class ReferenceServer(ChatKitServer[dict]):
-    """The package's server, answering as its agents helper does, naming a thread on its first turn."""
+    """The package's server, replying via its agents helper; names a thread on its first turn."""
 
     def __init__(self) -> None:
         super().__init__(MemoryStore())
@@ -594,14 +603,16 @@ class Checker:
                 continue
             if exchange.status != 200:
                 self.fail(exchange, "status", f"{exchange.status}, ChatKit answers 200")
+            # Replayed even when a body breaks the schema, so that what follows
+            # still finds its thread on the reference server.
             if is_streaming_req(request):
                 events = self.check_stream(exchange)
                 if events is not None:
                     await self.replay_stream(exchange, events)
             else:
-                body = self.check_json(exchange)
-                if body is not None:
-                    await self.replay_json(exchange, body)
+                checked = self.check_json(exchange)
+                if checked is not None:
+                    await self.replay_json(exchange, *checked)
 
     def check_error(self, exchange: Exchange) -> None:
         if exchange.status >= 500 and exchange.status != 503:
@@ -614,7 +625,9 @@ class Checker:
             self.fail(exchange, "envelope", "the error body is not JSON")
             return
         error = body.get("error") if isinstance(body, dict) else None
-        if not (isinstance(body, dict) and body.get("success") is False and isinstance(error, dict)):
+        if not (
+            isinstance(body, dict) and body.get("success") is False and isinstance(error, dict)
+        ):
             self.fail(exchange, "envelope", f"not the error envelope: {exchange.body[:200]}")
             return
         for name, kind in ENVELOPE_ERROR_FIELDS.items():
@@ -623,7 +636,8 @@ class Checker:
         if "details" not in error or not isinstance(error["details"], dict | None):
             self.fail(exchange, "envelope", "error.details missing or not an object or null")
 
-    def check_json(self, exchange: Exchange) -> Any | None:
+    def check_json(self, exchange: Exchange) -> tuple[Any, bool] | None:
+        """The decoded body and whether it is valid, or None when it cannot be replayed."""
         if not exchange.content_type.startswith("application/json"):
             self.fail(exchange, "content-type", f"{exchange.content_type!r}, not application/json")
         try:
@@ -631,25 +645,25 @@ class Checker:
         except ValueError:
             self.fail(exchange, "schema", f"the body is not JSON: {exchange.body[:200]!r}")
             return None
-        expected = RESPONSE_TYPES.get(exchange.type)
-        if expected is None:
+        if exchange.type not in RESPONSE_TYPES:
             self.fail(exchange, "schema", "no ChatKit response type is known for this request")
             return None
-        if expected is EMPTY_OBJECT:
+        schema, name = RESPONSE_TYPES[exchange.type]
+        if schema is EMPTY_OBJECT:
             if body != {}:
                 self.fail(exchange, "schema", f"the answer is {{}}, not {exchange.body[:200]}")
-            return body
+            return body, body == {}
         value, problems = validate(exchange.type, body)
         for problem in problems:
-            self.fail(exchange, "schema", f"{type_name(expected)}: {problem}")
+            self.fail(exchange, "schema", f"{name}: {problem}")
         if value is None:
-            return None
+            return body, False
         threads = value.data if exchange.type == "threads.list" else [value]
         if exchange.type in ("threads.list", "threads.update"):
             for thread in threads:
                 if thread.items.data:
                     self.fail(exchange, "schema", f"thread {thread.id}: items are sent empty here")
-        return body
+        return body, not problems
 
     def check_stream(self, exchange: Exchange) -> list[Any] | None:
         if not exchange.content_type.startswith("text/event-stream"):
@@ -665,16 +679,15 @@ class Checker:
                 event = json.loads(frame.data)
             except ValueError:
                 self.fail(exchange, "stream-format", f"event {index}: data is not JSON")
-                valid = False
-                continue
+                return None
             _, problems = validate("event", event)
             for problem in problems:
                 self.fail(exchange, "schema", f"event {index} ({event_kind(event)}): {problem}")
             valid = valid and not problems
             events.append(event)
-        if not valid:
-            return None
-        self.check_stream_invariants(exchange, events)
+        # The invariants read fields that only a valid event is sure to have.
+        if valid:
+            self.check_stream_invariants(exchange, events)
         return events
 
     def check_stream_invariants(self, exchange: Exchange, events: list[Any]) -> None:
@@ -760,11 +773,11 @@ class Checker:
     def script_reply(self, events: list[Any], dropped: bool) -> None:
         """Make the reference model say what ours said, so both streams can line up."""
         deltas = [
-            event["update"]["delta"]
+            str(event["update"].get("delta", ""))
             for event in events
             if event_kind(event) == "thread.item.updated(assistant_message.content_part.text_delta)"
         ]
-        failed = any(event["type"] == "error" for event in events)
+        failed = any(event.get("type") == "error" for event in events)
         if dropped:
             deltas.append(" (and more the client never saw)")
         self.reference.model.replies = [Reply(deltas=deltas, fail=failed and not dropped)]
@@ -781,38 +794,35 @@ class Checker:
         theirs = self.comparable(exchange.type, [event_kind(event) for event in reference_events])
         if exchange.dropped:
             same = theirs[: len(ours)] == ours and len(ours) < len(theirs)
-            theirs_shown = theirs
         else:
             same = ours == theirs
-            theirs_shown = theirs
         if not same:
             what = "a prefix of " if exchange.dropped else ""
             self.fail(
                 exchange,
                 "sequence",
                 f"the event kinds are not {what}the reference server's:\n"
-                + side_by_side(ours, theirs_shown),
+                + side_by_side(ours, theirs),
             )
             return
         for mine, other in zip(events, reference_events, strict=False):
             self.learn(mine, other)
 
     def comparable(self, request_type: str, kinds: list[str]) -> list[str]:
-        dropped = {
-            accepted.kind for accepted in ACCEPTED if request_type in accepted.request_types
-        }
+        dropped = {accepted.kind for accepted in ACCEPTED if request_type in accepted.request_types}
         for accepted in ACCEPTED:
             if request_type in accepted.request_types and accepted.kind in kinds:
                 self.accepted_used.add(accepted)
         return [kind for kind in kinds if kind not in dropped]
 
-    async def replay_json(self, exchange: Exchange, body: Any) -> None:
+    async def replay_json(self, exchange: Exchange, body: Any, valid: bool) -> None:
         answer = await self.reference_answer(exchange)
         if answer is None:
             return
         _, (reference_body,) = answer
         ours, theirs = shape(exchange.type, body), shape(exchange.type, reference_body)
-        if ours != theirs:
+        # An invalid body has been reported; its shape would only say so again.
+        if valid and ours is not None and ours != theirs:
             self.fail(
                 exchange,
                 "shape",
@@ -825,20 +835,28 @@ class Checker:
 def shape(request_type: str, body: Any) -> Any:
     """What of a plain answer must match the reference server's (not ids, texts or times)."""
 
-    def page(value: dict, describe: Callable[[Any], Any]) -> dict:
+    def page(value: Any, describe: Callable[[Any], Any]) -> Any:
+        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+            return "not a page"
         return {
-            "data": [describe(item) for item in value.get("data", [])],
+            "data": [describe(item) for item in value["data"]],
             "has_more": value.get("has_more", False),
             "after": value.get("after") is not None,
         }
 
+    def item_type(item: Any) -> Any:
+        return item.get("type") if isinstance(item, dict) else "not an object"
+
+    if not isinstance(body, dict):
+        return "not an object"
     if request_type == "items.list":
-        return page(body, lambda item: item.get("type"))
+        return page(body, item_type)
     if request_type == "threads.list":
         return page(body, lambda thread: "thread")
     if request_type in ("threads.get_by_id", "threads.update"):
-        return {"items": page(body.get("items", {}), lambda item: item.get("type"))}
-    return body
+        return {"items": page(body.get("items"), item_type)}
+    # {} answers: the schema check has compared them already.
+    return None
 
 
 def side_by_side(ours: list[str], theirs: list[str]) -> str:
@@ -852,10 +870,6 @@ def side_by_side(ours: list[str], theirs: list[str]) -> str:
             right = theirs[b0 + offset] if b0 + offset < b1 else "-"
             lines.append(f"{left:<{width}}{right}  {mark}".rstrip())
     return "\n".join(lines)
-
-
-def type_name(value: Any) -> str:
-    return getattr(value, "__name__", str(value))
 
 
 # A session on the reference server ---------------------------------------------
@@ -933,9 +947,7 @@ async def record_reference(path: Path) -> None:
             "params": {"thread_id": thread_id, "item_ids": [assistant], "kind": "positive"},
         }
     )
-    await send(
-        {"type": "threads.update", "params": {"thread_id": thread_id, "title": "Renamed"}}
-    )
+    await send({"type": "threads.update", "params": {"thread_id": thread_id, "title": "Renamed"}})
     stop_request = {
         "type": "threads.add_user_message",
         "params": {"thread_id": thread_id, "input": user_input("a long answer please")},
