@@ -179,6 +179,20 @@ def created_status(records: Records) -> None:
     exchange(records, "threads.update")["status"] = 201
 
 
+def with_error_exchanges(records: Records) -> None:
+    """Not a deviation: errors in the envelope, between the session's exchanges."""
+    for index, status in ((3, 404), (6, 400)):
+        records.insert(
+            index,
+            {
+                "request": {"type": "threads.get_by_id", "params": {"thread_id": "thr_unknown"}},
+                "status": status,
+                "content_type": "application/json",
+                "body": json.dumps(ENVELOPE_404),
+            },
+        )
+
+
 # (mutation, the rule the checker must name, a fragment of its report)
 MUTATIONS = [
     (missing_field, "schema", "created_at: Field required"),
@@ -209,12 +223,16 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(workdir) -> Records:
-    """A whole session recorded on the package's reference server."""
+def recorded(workdir) -> tuple[subprocess.CompletedProcess, Records]:
+    """A whole session recorded on the package's reference server, and the checker's verdict."""
     path = workdir / "reference.jsonl"
-    result = run_checker("--record-reference", path, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return read_transcript(path)
+    result = run_checker("--record-reference", path, path, cwd=workdir)
+    return result, read_transcript(path)
+
+
+@pytest.fixture(scope="module")
+def reference(recorded) -> Records:
+    return recorded[1]
 
 
 def sections(output: str) -> dict[str, str]:
@@ -236,9 +254,9 @@ def violations(report: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mutated_reports(workdir, reference) -> tuple[int, dict[str, str]]:
-    """One checker run on every mutated copy of the reference session."""
+    """One checker run on every mutated copy of the reference session (and one that is fine)."""
     paths = []
-    for mutate, _, _ in MUTATIONS:
+    for mutate, _, _ in [*MUTATIONS, (with_error_exchanges, None, None)]:
         records = copy.deepcopy(reference)
         mutate(records)
         path = workdir / f"{mutate.__name__}.jsonl"
@@ -248,24 +266,18 @@ def mutated_reports(workdir, reference) -> tuple[int, dict[str, str]]:
     return result.returncode, sections(result.stdout)
 
 
-def test_reference_session_with_error_exchanges_conforms(workdir, reference):
-    records = copy.deepcopy(reference)
-    records.insert(
-        3,
-        {
-            "request": {"type": "threads.get_by_id", "params": {"thread_id": "thr_unknown"}},
-            "status": 404,
-            "content_type": "application/json",
-            "body": json.dumps(ENVELOPE_404),
-        },
-    )
-    path = workdir / "reference-and-errors.jsonl"
-    write_transcript(path, records)
-
-    result = run_checker(path, cwd=workdir)
+def test_reference_session_conforms(recorded):
+    result, records = recorded
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(records)} exchanges, 0 violations: conforms" in result.stdout
+
+
+def test_error_answers_in_the_envelope_conform(mutated_reports, reference):
+    _, reports = mutated_reports
+    report = reports["with_error_exchanges.jsonl"]
+
+    assert f"{len(reference) + 2} exchanges, 0 violations: conforms" in report, report
 
 
 def test_reference_session_covers_every_kind_of_request(reference):
