@@ -371,7 +371,11 @@ def event_kind(event: Any) -> str:
 
 
 class MemoryStore(Store[dict]):
-    """The package's Store contract in memory: threads and their items in insertion order."""
+    """The package's Store contract in memory: threads and their items in insertion order.
+
+    Pages as the store of the package's own tests does: ``after`` is the last
+    id of a page that has more after it, else None.
+    """
 
     def __init__(self) -> None:
         self.threads: dict[str, ThreadMetadata] = {}
@@ -573,7 +577,9 @@ class ReferenceServer(ChatKitServer[dict]):
         result = Runner.run_streamed(self.agent, agent_input, context=agent_context)
         async for event in stream_agent_response(agent_context, result):
             yield event
-        # Changed after the last event: the server sends it as thread.updated, last.
+        # ChatKitServer sends any change to the thread as thread.updated after the
+        # event during which it was made; named after the reply, as CHATKIT.md has
+        # ours do, it is the turn's last event.
         if thread.title is None and input_user_message is not None:
             thread.title = title_from(input_user_message)
 
