@@ -2,8 +2,8 @@
 
 A live gunicorn serves ``POST /api/v1/chatkit/sessions/{id}/chatkit``; the test
 plays a ChatKit client through every request the endpoint supports (create,
-list, load, page, add, retry, feedback, rename, stop, delete, and a few that
-must fail), records each exchange as it went over the wire, then hands the
+list and page threads, load, page items, add, retry, feedback, rename, stop,
+delete, and a few that must fail), records each exchange as it went over the wire, then hands the
 transcript to the conformance checker (conformance/check_chatkit.py), which
 validates every body and event against ``openai-chatkit`` 1.6.5 and replays the
 session on the package's reference server. The checker's report is the
@@ -143,7 +143,7 @@ def wait_for_runs_to_end(thread_id: str) -> None:
 
 
 def play_session(client: ChatKitClient) -> None:
-    """Every request ChatKit makes, in the order a user's clicks make them."""
+    """Every request ChatKit makes, in an order a user's clicks could make them."""
     created = client.send(
         {"type": "threads.create", "params": {"input": user_input("hello conformance")}}
     )
@@ -153,8 +153,18 @@ def play_session(client: ChatKitClient) -> None:
     first_reply = item_of(events, "thread.item.done", "assistant_message")
     assert first_reply["content"][0]["text"] == "Echo: hello conformance"
 
-    listed = client.send({"type": "threads.list", "params": {"limit": 10}})
-    assert [thread["id"] for thread in listed.json()["data"]] == [thread_id]
+    other = client.send(
+        {"type": "threads.create", "params": {"input": user_input("another thread")}}
+    )
+    other_id = other.events()[0]["thread"]["id"]
+    newest = client.send({"type": "threads.list", "params": {"limit": 1}}).json()
+    assert [thread["id"] for thread in newest["data"]] == [other_id]
+    assert newest["has_more"] is True
+    older = client.send(
+        {"type": "threads.list", "params": {"limit": 1, "after": newest["after"]}}
+    ).json()
+    assert [thread["id"] for thread in older["data"]] == [thread_id]
+    assert older["has_more"] is False
     loaded = client.send({"type": "threads.get_by_id", "params": {"thread_id": thread_id}})
     assert loaded.status == 200, loaded.body
 
