@@ -10,6 +10,7 @@ session on the package's reference server. The checker's report is the
 failure message.
 """
 
+import copy
 import http.client
 import json
 import subprocess
@@ -24,6 +25,8 @@ from conversations.models import Conversation, Message, MessageStatus, Run, RunS
 from tests.conformance import run_checker
 from tests.conftest import make_user
 from tests.gunicorn_server import GunicornServer, gunicorn_process
+from tests.openai_server import TEST_API_KEY, TEST_MODEL, FakeOpenAIServer
+from tests.openai_server import Reply as OpenAIReply
 from tests.sse import READ_TIMEOUT, SESSIONS, bearer, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,6 +42,27 @@ def slow_echo_server(django_db_setup) -> Iterator[GunicornServer]:
     """One gunicorn for the module, its echo replies paced so a stop lands mid-reply."""
     with gunicorn_process(ECHO_DELAY_MS=str(ECHO_DELAY_MS)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def failing_provider_server(django_db_setup) -> Iterator[GunicornServer]:
+    """A second gunicorn on the same database, its provider cut off in the middle of a reply."""
+    provider = FakeOpenAIServer()
+    provider.default = OpenAIReply(text="Half of a reply that never ends", chunks=4, cut_after=2)
+    provider.start()
+    try:
+        with gunicorn_process(
+            LLM_PROVIDER="openai",
+            LLM_MODEL=TEST_MODEL,
+            OPENAI_BASE_URL=provider.base_url,
+            OPENAI_API_KEY=TEST_API_KEY,
+            LLM_MAX_RETRIES="0",
+            NO_PROXY="127.0.0.1",
+            no_proxy="127.0.0.1",
+        ) as server:
+            yield server
+    finally:
+        provider.stop()
 
 
 @dataclass
@@ -66,6 +90,12 @@ class ChatKitClient:
         self.headers = {**headers, "Content-Type": "application/json"}
         self.path = f"{SESSIONS}/{session_id}/chatkit"
         self.records: list[dict[str, Any]] = []
+
+    def via(self, port: int) -> "ChatKitClient":
+        """The same session through another server, recorded in the same transcript."""
+        other = copy.copy(self)
+        other.port = port
+        return other
 
     def send(self, request: dict[str, Any], *, stop_after_events: int | None = None) -> Answer:
         """POST one request; with ``stop_after_events``, drop the connection after that many."""
@@ -142,7 +172,7 @@ def wait_for_runs_to_end(thread_id: str) -> None:
     )
 
 
-def play_session(client: ChatKitClient) -> None:
+def play_session(client: ChatKitClient, failing: ChatKitClient) -> None:
     """Every request ChatKit makes, in an order a user's clicks could make them."""
     created = client.send(
         {"type": "threads.create", "params": {"input": user_input("hello conformance")}}
@@ -226,6 +256,15 @@ def play_session(client: ChatKitClient) -> None:
     assert len(stopped_reply["content"][0]["text"]) < len(f"Echo: {LONG_INPUT}")
     assert Message.objects.get(pk=stopped_reply["id"]).status == MessageStatus.INCOMPLETE
 
+    # A turn whose provider breaks off mid-reply: an error event ends it.
+    broken = failing.send(
+        {
+            "type": "threads.add_user_message",
+            "params": {"thread_id": thread_id, "input": user_input("and then?")},
+        }
+    )
+    assert broken.events()[-1]["type"] == "error", broken.body
+
     # Requests that must fail, with the API's envelope.
     failures = [
         {"type": "threads.frobnicate", "params": {}},
@@ -254,13 +293,15 @@ def check(client: ChatKitClient, directory: Path) -> subprocess.CompletedProcess
     return run_checker(transcript, cwd=directory)
 
 
-def test_a_whole_chatkit_session_conforms_to_the_package(slow_echo_server, tmp_path):
+def test_a_whole_chatkit_session_conforms_to_the_package(
+    slow_echo_server, failing_provider_server, tmp_path
+):
     owner = make_user("chatkit-owner")
     session = Conversation.objects.create(user=owner)
     client = ChatKitClient(slow_echo_server.port, bearer(owner), str(session.pk))
 
     try:
-        play_session(client)
+        play_session(client, client.via(failing_provider_server.port))
     except AssertionError as exc:
         # What the checker makes of the exchanges so far says more than the step alone.
         result = check(client, tmp_path)
