@@ -179,6 +179,31 @@ def created_status(records: Records) -> None:
     exchange(records, "threads.update")["status"] = 201
 
 
+def failed_turn(records: Records, *, close_reply: bool) -> None:
+    """A turn whose provider fails after the deltas, added before the thread is deleted."""
+    turn = copy.deepcopy(exchange(records, "threads.add_user_message"))
+    events = stream_events(turn)
+    for event in events:
+        if "item_id" in event:
+            event["item_id"] += "-again"
+        if "item" in event:
+            event["item"]["id"] += "-again"
+    if not close_reply:
+        assert events.pop()["type"] == "thread.item.done"
+    events.append({"type": "error", "code": "stream.error", "allow_retry": True})
+    set_stream_events(turn, events)
+    records.insert(records.index(exchange(records, "threads.delete")), turn)
+
+
+def failed_turn_half_closed(records: Records) -> None:
+    failed_turn(records, close_reply=False)
+
+
+def failed_turn_closing_its_reply(records: Records) -> None:
+    """Not a deviation: the accepted difference of a failed turn (ACCEPTED in the checker)."""
+    failed_turn(records, close_reply=True)
+
+
 def with_error_exchanges(records: Records) -> None:
     """Not a deviation: errors in the envelope, between the session's exchanges."""
     for index, status in ((3, 404), (6, 400)):
@@ -214,6 +239,12 @@ MUTATIONS = [
     (feedback_not_empty, "schema", "the answer is {}"),
     (listed_thread_with_items, "schema", "items are sent empty here"),
     (created_status, "status", "201, ChatKit answers 200"),
+    (failed_turn_half_closed, "sequence", "error"),
+]
+# Transcripts that differ from the reference session but conform: (change, a report line).
+CONFORMING = [
+    (with_error_exchanges, "0 violations: conforms"),
+    (failed_turn_closing_its_reply, "accepted difference: a turn that fails mid-reply"),
 ]
 
 
@@ -254,9 +285,9 @@ def violations(report: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mutated_reports(workdir, reference) -> tuple[int, dict[str, str]]:
-    """One checker run on every mutated copy of the reference session (and one that is fine)."""
+    """One checker run on every changed copy of the reference session, deviant or not."""
     paths = []
-    for mutate, _, _ in [*MUTATIONS, (with_error_exchanges, None, None)]:
+    for mutate in [mutate for mutate, _, _ in MUTATIONS] + [change for change, _ in CONFORMING]:
         records = copy.deepcopy(reference)
         mutate(records)
         path = workdir / f"{mutate.__name__}.jsonl"
@@ -273,11 +304,13 @@ def test_reference_session_conforms(recorded):
     assert f"{len(records)} exchanges, 0 violations: conforms" in result.stdout
 
 
-def test_error_answers_in_the_envelope_conform(mutated_reports, reference):
+@pytest.mark.parametrize(("change", "line"), CONFORMING, ids=[c.__name__ for c, _ in CONFORMING])
+def test_accepted_change_conforms(mutated_reports, change, line):
     _, reports = mutated_reports
-    report = reports["with_error_exchanges.jsonl"]
+    report = reports[f"{change.__name__}.jsonl"]
 
-    assert f"{len(reference) + 2} exchanges, 0 violations: conforms" in report, report
+    assert "0 violations: conforms" in report, report
+    assert line in report, report
 
 
 def test_reference_session_covers_every_kind_of_request(reference):
