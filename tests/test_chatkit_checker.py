@@ -362,3 +362,30 @@ def test_checker_refuses_to_run_without_isolation(workdir):
 
     assert result.returncode == 2
     assert "run it isolated" in result.stderr
+
+
+def decoded(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the endpoint's own tests write it (CHATKIT_TRANSCRIPTS): answers decoded."""
+    if record["content_type"].startswith("text/event-stream"):
+        answer = {"events": stream_events(record)}
+    else:
+        answer = {"json": json.loads(record["body"])}
+    return {"request": record["request"], "status": record["status"], **answer}
+
+
+def test_decoded_exchanges_in_any_order_are_checked_without_replay(workdir, reference):
+    # Out of order, so that only a checker that does not replay can pass them.
+    fine = [decoded(record) for record in reversed(reference) if not record["dropped"]]
+    broken = copy.deepcopy(fine)
+    del next(r for r in broken if r["request"]["type"] == "threads.get_by_id")["json"]["created_at"]
+    write_transcript(workdir / "decoded.jsonl", fine)
+    write_transcript(workdir / "decoded-broken.jsonl", broken)
+
+    result = run_checker("--no-replay", "decoded.jsonl", "decoded-broken.jsonl", cwd=workdir)
+
+    reports = sections(result.stdout)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{len(fine)} exchanges, 0 violations: conforms" in reports["decoded.jsonl"]
+    broken_report = reports["decoded-broken.jsonl"]
+    assert "1 violations: DOES NOT CONFORM" in broken_report, broken_report
+    assert "[schema] Thread: created_at: Field required" in broken_report, broken_report
