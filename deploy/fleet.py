@@ -36,7 +36,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -216,6 +215,11 @@ class RedisDatabase:
             client.close()
         raise FleetError(f"No empty Redis database number at {self.server_url}")
 
+    def renew(self) -> None:
+        """Keep the claim for another CLAIM_SECONDS (a fleet may run for days)."""
+        if self.client is not None and self.client.get(self.CLAIM_KEY) == self.token.encode():
+            self.client.expire(self.CLAIM_KEY, self.CLAIM_SECONDS)
+
     def release(self) -> None:
         if self.client is not None and self.client.get(self.CLAIM_KEY) == self.token.encode():
             self.client.flushdb()
@@ -346,7 +350,6 @@ class Fleet:
         self._counts = {"web": 0, "worker": 0}
         self._own_workdir = self.workdir is None
         self._redis: RedisDatabase | None = None
-        self._lock = threading.Lock()
         self.member_env: dict[str, str] = {}
 
     # Life cycle --------------------------------------------------------------
@@ -439,9 +442,8 @@ class Fleet:
     # Members -----------------------------------------------------------------
 
     def _name(self, kind: str) -> str:
-        with self._lock:
-            self._counts[kind] += 1
-            return f"{kind}{self._counts[kind]}"
+        self._counts[kind] += 1
+        return f"{kind}{self._counts[kind]}"
 
     def _spawn_web(self) -> Member:
         command = [
@@ -635,6 +637,25 @@ class Fleet:
             lines.append(member.tail(15))
         return "\n".join(lines)
 
+    def watch(self, interval: float = 1.0) -> None:
+        """Until interrupted: say when a member exits, and keep the Redis claim."""
+        reported: set[str] = set()
+        renewed = time.monotonic()
+        while True:
+            time.sleep(interval)
+            for member in [self.balancer, *self.members()]:
+                if member is not None and not member.alive() and member.name not in reported:
+                    reported.add(member.name)
+                    print(
+                        f"{member.name} exited with {member.process.returncode}; "
+                        f"see {member.log_path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if self._redis is not None and time.monotonic() - renewed > 60:
+                self._redis.renew()
+                renewed = time.monotonic()
+
     def members(self) -> Iterator[Member]:
         yield from self.webs
         yield from self.worker_members
@@ -675,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_threads=args.worker_threads,
         workdir=args.logs,
     )
+    # SIGINT too: a shell starts a background job with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         fleet.start()
@@ -684,8 +707,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {member.name:<8} pid {member.pid}{where}  log {member.log_path}")
         print(f"  database {shown(fleet.database_url)}, Redis {fleet.redis_url}")
         print("Ctrl-C stops the fleet.", flush=True)
-        while True:
-            signal.pause()
+        fleet.watch()
     except FleetError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 1

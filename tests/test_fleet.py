@@ -395,6 +395,14 @@ def test_a_killed_workers_run_is_expired_and_its_thread_usable_again(fleet):
 
         assert expired["status"] == "expired"
         assert expired["error_code"] == "RUN_EXPIRED"
+        # By the sweep of the worker still there.
+        [survivor] = [worker for worker in fleet.worker_members if worker is not carrier]
+        fleet_wait(
+            fleet,
+            lambda: "Expired 1 stale run(s)" in survivor.log(),
+            timeout=10,
+            what=f"{survivor.name} to log its sweep",
+        )
         reply = reply_of(expired)
         assert reply["status"] == "incomplete"
         names = [event.event for event in followed]
