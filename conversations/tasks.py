@@ -28,6 +28,9 @@ def execute_run(run_id: str) -> None:
     if run is None:
         logger.info("Run %s is not queued any more; nothing to do", run_id)
         return
+    # Which worker carries which run, for an operator with several workers
+    # (and for tests/test_fleet.py, which reads it).
+    logger.info("Carrying out run %s", run_id)
     for _event in run_execute(run=run, provider=provider, stream=True):
         pass
 
