@@ -10,6 +10,7 @@ from django.db import connection
 
 from ...runs import runs_expire_stale
 from ...tasks import configured_huey, maintenance, prepare_task_queue, prune_task_results
+from ...workers import worker_heartbeat_record, worker_heartbeats_prune
 
 logger = logging.getLogger(__name__)
 
@@ -20,20 +21,24 @@ HOURLY = 3600
 
 
 def maintain_forever(interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records.
+    """Every ``interval`` seconds until ``stop``: beat, expire stale runs, drop old records.
 
-    The other apps' records go through the ``maintenance`` signal (sent with
+    The heartbeat (``chatbot_worker_last_heartbeat_timestamp_seconds``) says
+    this loop, and so the database, is reachable from the worker. The other
+    apps' records go through the ``maintenance`` signal (sent with
     ``hourly`` True in the first round that gets that far, then every
     ``HOURLY`` seconds), so the domain does not import them.
     """
     hourly_due = time.monotonic()
     while not stop.wait(interval):
         try:
+            worker_heartbeat_record()
             runs_expire_stale()
             prune_task_results()
             hourly = time.monotonic() >= hourly_due
             maintenance.send(sender=None, hourly=hourly)
             if hourly:
+                worker_heartbeats_prune()
                 hourly_due = time.monotonic() + HOURLY
         except Exception:
             # The database may be briefly away; the next round tries again.
@@ -63,6 +68,7 @@ class Command(BaseCommand):
                 "(for RQ: `manage.py rqworker`); run that, and `manage.py reap_runs` from cron."
             )
         prepare_task_queue()
+        worker_heartbeat_record()
         expired = runs_expire_stale()
         connection.close()
         self.stdout.write(f"Expired {expired} stale run(s) left by earlier workers.")
