@@ -340,6 +340,11 @@ LOGGING = {
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# host:port on which `manage.py worker` serves its own /metrics (the runs it
+# carries out); empty: none.
+WORKER_METRICS_BIND = os.environ.get("WORKER_METRICS_BIND", "")
+if WORKER_METRICS_BIND and not WORKER_METRICS_BIND.rpartition(":")[2].isdigit():
+    raise ImproperlyConfigured("WORKER_METRICS_BIND must be host:port, e.g. 0.0.0.0:9101")
 
 # Runs and providers.
 RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 300)

@@ -18,12 +18,18 @@ at scrape time.
 
 import hmac
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.http.response import HttpResponseBase
 from django.urls import Resolver404, resolve
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -179,3 +185,53 @@ class MetricsEndpointMiddleware:
         # What CommonMiddleware, skipped here, would have set.
         response["Content-Length"] = str(len(response.content))
         return response
+
+
+# The worker's listener -----------------------------------------------------
+
+
+def metrics_app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+    """A WSGI app of ``/metrics`` alone, on the same terms, for the worker.
+
+    The runs a worker carries out are counted in its process, which serves
+    no HTTP otherwise; this is what Prometheus scrapes there.
+    """
+    request = WSGIRequest(environ)
+    try:
+        if request.path_info == PATH and authorized(request):
+            response = scrape(request)
+        else:
+            response = HttpResponseNotFound()
+    finally:
+        # Each scrape has a thread of its own, and so a connection of its
+        # own (the database's state): hand it back, as a request's end would.
+        connections.close_all()
+    response["Content-Length"] = str(len(response.content))
+    start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+    return [b"" if request.method == "HEAD" else response.content]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # A line per scrape, every few seconds, says nothing.
+        pass
+
+
+def serve_metrics() -> str | None:
+    """Serve ``metrics_app`` on ``WORKER_METRICS_BIND`` in a thread; what to print, or None.
+
+    Nothing without ``METRICS_TOKEN``, as on the web.
+    """
+    bind = settings.WORKER_METRICS_BIND
+    if not bind or not settings.METRICS_TOKEN:
+        return None
+    host, _, port = bind.rpartition(":")
+    server = make_server(
+        host, int(port), metrics_app, server_class=_Server, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return f"Metrics on http://{host}:{server.server_port}{PATH}"

@@ -6,8 +6,11 @@ compares a scrape after what it did with one before. The database's state
 absolute.
 """
 
+import http.client
+import re
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
@@ -16,6 +19,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from conversations import runs
 from conversations.models import Conversation, Run, Thread, WorkerHeartbeat
 from conversations.workers import worker_heartbeat_record, worker_heartbeats_prune
+from tests.db import fetch_row
 from tests.metrics_scrape import TOKEN, Scrape
 from tests.openai_server import Fail
 from tests.sse import runs_path, streamed_events, worker_process
@@ -316,14 +320,53 @@ def test_heartbeats_of_hosts_gone_for_a_week_are_forgotten(db):
     assert list(WorkerHeartbeat.objects.values_list("host", flat=True)) == ["here"]
 
 
-def test_the_worker_beats_when_it_starts(anon, metrics_on, db):
+def worker_get(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_worker_beats_and_serves_the_metrics_of_its_runs(api, anon, metrics_on, thread):
     started = timezone.now()
+    env = {"METRICS_TOKEN": TOKEN, "WORKER_METRICS_BIND": "127.0.0.1:0"}
 
-    with worker_process(threads=1) as worker:
+    with worker_process(threads=2, **env) as worker:
         worker.wait_ready()
+        url = worker.wait_for(
+            lambda: re.search(r"Metrics on (http://\S+)", worker.output()),
+            timeout=10,
+            what="the worker's metrics address",
+        )[1]
+        response = api.post(
+            runs_path(thread), {"input": "later", "background": True}, format="json"
+        )
+        run_id = response.json()["data"]["id"]
+        worker.wait_for(
+            lambda: fetch_row(Run, run_id)["status"] == "completed", timeout=30, what="the run"
+        )
+        status, text = worker_get(url, {"Authorization": f"Bearer {TOKEN}"})
+        refused = [
+            worker_get(url, headers)[0] for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"})
+        ] + [worker_get(url.replace("/metrics", "/"), {"Authorization": f"Bearer {TOKEN}"})[0]]
 
+    assert status == 200
+    assert refused == [404, 404, 404]
+    # A process of its own: its counts are the worker's runs alone.
+    counts = Scrape.parse(text)
+    run = {"provider": "echo", "mode": "background"}
+    assert counts.value("chatbot_runs_ended_total", **run, status="completed") == 1
+    assert counts.value("chatbot_run_first_delta_seconds_count", **run) == 1
+    assert counts.value("chatbot_runs_started_total", **run) == 0
     beat = WorkerHeartbeat.objects.get()
     assert beat.seen_at >= started
+    assert counts.value("chatbot_worker_last_heartbeat_timestamp_seconds") == pytest.approx(
+        beat.seen_at.timestamp()
+    )
     assert scrape(anon).value("chatbot_worker_last_heartbeat_timestamp_seconds") == pytest.approx(
         beat.seen_at.timestamp()
     )

@@ -9,7 +9,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from ...runs import runs_expire_stale
-from ...tasks import configured_huey, maintenance, prepare_task_queue, prune_task_results
+from ...tasks import (
+    configured_huey,
+    maintenance,
+    prepare_task_queue,
+    prune_task_results,
+    worker_starting,
+)
 from ...workers import worker_heartbeat_record, worker_heartbeats_prune
 
 logger = logging.getLogger(__name__)
@@ -52,7 +58,8 @@ class Command(BaseCommand):
         "Start the worker that carries out background runs (huey with thread workers "
         "by default; WORKER_THREADS at once). Expires stale runs at start and then "
         "periodically, so runs of a crashed worker end as expired; drops expired "
-        "idempotency records and refresh tokens."
+        "idempotency records and refresh tokens; records its heartbeat; serves its "
+        "metrics on WORKER_METRICS_BIND when that and METRICS_TOKEN are set."
     )
 
     def add_arguments(self, parser) -> None:
@@ -72,6 +79,10 @@ class Command(BaseCommand):
         expired = runs_expire_stale()
         connection.close()
         self.stdout.write(f"Expired {expired} stale run(s) left by earlier workers.")
+
+        for _receiver, said in worker_starting.send(sender=None):
+            if said:
+                self.stdout.write(said)
 
         stop = threading.Event()
         interval = max(5.0, min(60.0, settings.RUN_TIMEOUT_SECONDS / 2))
