@@ -35,6 +35,7 @@ def provider() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture(scope="module")
 def server(django_db_setup, provider) -> Iterator[GunicornServer]:
+    """Two workers; gunicorn.conf.py makes their metrics directory."""
     env = {
         "WEB_CONCURRENCY": "2",
         "METRICS_TOKEN": TOKEN,
@@ -47,8 +48,6 @@ def server(django_db_setup, provider) -> Iterator[GunicornServer]:
         "NO_PROXY": "127.0.0.1",
         "no_proxy": "127.0.0.1",
     }
-    # gunicorn.conf.py makes the metrics directory itself.
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with gunicorn_process(**env) as running:
         yield running
 
