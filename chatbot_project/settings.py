@@ -74,9 +74,16 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: it times and counts every request, however it is answered.
+    "chatkit.metrics.HTTPMetricsMiddleware",
     "chatkit.middleware.RequestIDMiddleware",
     # Outside the others, so that it sees the response as they left it.
     "chatkit.middleware.HeadWithoutBodyMiddleware",
+    # /metrics to METRICS_TOKEN's holder, by any Host and over plain HTTP
+    # (Prometheus scrapes each instance by its address, behind the TLS
+    # proxy). Without the token the request goes on like any other, to the
+    # redirect, 400 or 404 of a path that does not exist.
+    "chatkit.metrics.MetricsEndpointMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Above the probes, so that their answers carry it too.
@@ -327,6 +334,17 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+
+# Metrics (README, Metrics): GET /metrics answers only to
+# "Authorization: Bearer <METRICS_TOKEN>"; unset, there is no such endpoint.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# host:port on which `manage.py worker` serves its own /metrics (the runs it
+# carries out); empty: none.
+WORKER_METRICS_BIND = os.environ.get("WORKER_METRICS_BIND", "")
+if WORKER_METRICS_BIND and not WORKER_METRICS_BIND.rpartition(":")[2].isdigit():
+    raise ImproperlyConfigured("WORKER_METRICS_BIND must be host:port, e.g. 0.0.0.0:9101")
 
 # Runs and providers.
 RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 300)

@@ -16,6 +16,7 @@ from conversations import runs
 from conversations.models import EventName, Run
 
 from .logging import request_id_var
+from .metrics import CountedStream
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ def encode(event: runs.Event) -> bytes:
 
 
 def event_stream_response(body: Iterator[bytes], status: int = 200) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(body, content_type="text/event-stream", status=status)
+    response = StreamingHttpResponse(
+        CountedStream(body), content_type="text/event-stream", status=status
+    )
     response["Cache-Control"] = "no-cache"
     # Tell nginx and similar proxies not to buffer the stream.
     response["X-Accel-Buffering"] = "no"

@@ -63,6 +63,7 @@ class RunAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "provider", "model", "thread", "created_at", "duration")
     list_filter = (
         "status",
+        "mode",
         "incomplete_reason",
         ("superseded_by", admin.EmptyFieldListFilter),
         "provider",

@@ -115,6 +115,14 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 
+class RunMode(models.TextChoices):
+    """How a run was asked for: the caller waits, reads its stream, or leaves it to a worker."""
+
+    WAIT = "wait"
+    STREAM = "stream"
+    BACKGROUND = "background"
+
+
 class EventName(models.TextChoices):
     """The names of a run's events, as the contract spells them (SSE ``event:``)."""
 
@@ -240,6 +248,13 @@ class Run(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     provider = models.CharField(max_length=64)
     model = models.CharField(max_length=200, blank=True)
+    # Stored so that whoever ends the run (its executor, a cancel, the
+    # reaper, in any process) can say how it ran, in the metrics and the
+    # admin. Blank for runs from before the column; the database default
+    # lets processes that do not know it yet go on inserting runs.
+    mode = models.CharField(
+        max_length=16, choices=RunMode.choices, blank=True, default="", db_default=""
+    )
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -285,6 +300,9 @@ class Run(models.Model):
             models.CheckConstraint(
                 condition=models.Q(incomplete_reason__in=["", *RunIncompleteReason.values]),
                 name="run_incomplete_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(mode__in=["", *RunMode.values]), name="run_mode_valid"
             ),
         ]
 
@@ -332,3 +350,17 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} #{self.seq}"
+
+
+class WorkerHeartbeat(models.Model):
+    """When a background worker on a host last showed it was alive; the metrics read it.
+
+    The database is the one place every web process, on every host, can
+    read: a worker's own memory or a per-process cache is not.
+    """
+
+    host = models.CharField(primary_key=True, max_length=255)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.host} at {self.seen_at:%Y-%m-%d %H:%M:%S}"

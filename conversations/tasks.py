@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 # Sent by the worker every maintenance round, with ``hourly`` True about once
 # an hour: the other apps drop their expired records then.
 maintenance = Signal()
+# Sent once by the worker as it starts, before it takes tasks: the other apps
+# start what they run beside it (the HTTP layer, its metrics listener). A
+# receiver returns a line for the worker to print, or None.
+worker_starting = Signal()
 
 
 @task()

@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .. import metrics
 from ..documents import message_document, run_document
 from ..errors import ActiveRunLimitReached, ObjectNotFound, RunInProgress
 from ..models import (
@@ -25,6 +26,7 @@ from ..models import (
     MessageRole,
     Run,
     RunEvent,
+    RunMode,
     RunStatus,
     Thread,
 )
@@ -59,6 +61,7 @@ def run_start(
     instructions: str = "",
     metadata: dict[str, str] | None = None,
     queued: bool = False,
+    mode: str = "",
     on_commit: Callable[[Run], None] | None = None,
 ) -> Run:
     """Store the user message and a new run on ``thread``, committed.
@@ -72,7 +75,8 @@ def run_start(
     ``queued`` the run waits for a worker: ``on_commit(run)`` hands it over
     once the run is committed, never before. The events stored with the run
     are in ``run.start_events``, for a live stream to send without reading
-    them back.
+    them back. ``mode`` is how the caller takes part (``RunMode``): by
+    default background when ``queued``, else wait.
     """
     limit = settings.MAX_ACTIVE_RUNS_PER_USER
     user_id = thread.conversation.user_id
@@ -84,6 +88,7 @@ def run_start(
         "instructions": instructions,
         "metadata": metadata or {},
         "queued": queued,
+        "mode": mode or (RunMode.BACKGROUND if queued else RunMode.WAIT),
         "limit": limit,
     }
     run = _first_start(
@@ -114,6 +119,7 @@ def _first_start(
             pass
         else:
             if run is not None:
+                metrics.run_started(run)
                 return run
             if runs_expire_stale(user_id=user_id):
                 continue
@@ -141,6 +147,7 @@ def _insert_run(
     instructions: str,
     metadata: dict[str, str],
     queued: bool,
+    mode: str,
     limit: int,
 ) -> Run | None:
     """Insert the run, its message and events; None if the owner has ``limit`` active runs."""
@@ -152,6 +159,7 @@ def _insert_run(
         model=model,
         instructions=instructions,
         metadata=metadata,
+        mode=mode,
         created_at=now,
         heartbeat_at=now,
     )
@@ -201,6 +209,7 @@ def run_retry(
     model: str,
     instructions: str = "",
     metadata: dict[str, str] | None = None,
+    mode: str = RunMode.WAIT,
 ) -> Run:
     """Start a new reply to the user ``message`` of its thread, in progress, committed.
 
@@ -222,6 +231,7 @@ def run_retry(
             model=model,
             instructions=instructions,
             metadata=metadata or {},
+            mode=mode,
             limit=limit,
         ),
         thread_id=message.thread_id,
@@ -237,6 +247,7 @@ def _insert_retry(
     model: str,
     instructions: str,
     metadata: dict[str, str],
+    mode: str,
     limit: int,
 ) -> Run | None:
     """Store the retry; None if the owner has ``limit`` active runs (0: no limit)."""
@@ -261,6 +272,7 @@ def _insert_retry(
             model=model,
             instructions=instructions,
             metadata=metadata,
+            mode=mode,
             input_message=current,
             created_at=now,
             started_at=now,
