@@ -53,8 +53,8 @@ def session(owner) -> Conversation:
     return Conversation.objects.create(user=owner, title="Pinned")
 
 
-def open_turn(server, owner, session, **extra) -> ChatKitStream:
-    body = request_body("threads.create", {"input": user_input(LONG_INPUT)}, **extra)
+def open_turn(server, owner, session, text: str = LONG_INPUT, **extra) -> ChatKitStream:
+    body = request_body("threads.create", {"input": user_input(text)}, **extra)
     stream = ChatKitStream(f"http://127.0.0.1:{server.port}", owner, session.pk, body)
     assert stream.status == 200
     assert stream.content_type.startswith("text/event-stream")
@@ -113,7 +113,8 @@ def test_dropping_the_stream_cancels_the_run_and_keeps_the_text_so_far(
 
 
 def test_on_disconnect_continue_lets_the_run_finish(slow_server, owner, session):
-    stream = open_turn(slow_server, owner, session, metadata={"on_disconnect": "continue"})
+    text = " ".join(LONG_INPUT.split()[:20])
+    stream = open_turn(slow_server, owner, session, text, metadata={"on_disconnect": "continue"})
     thread_id = stream.next_event().data["thread"]["id"]
     read_deltas(stream, 2)
 
@@ -126,7 +127,7 @@ def test_on_disconnect_continue_lets_the_run_finish(slow_server, owner, session)
     )
     assert run["status"] == RunStatus.COMPLETED
     reply = fetch_row(Message, run["output_message_id"])
-    assert (reply["content"], reply["status"]) == (LONG_REPLY, MessageStatus.COMPLETED)
+    assert (reply["content"], reply["status"]) == (f"Echo: {text}", MessageStatus.COMPLETED)
 
 
 def test_a_rest_cancel_ends_the_chatkit_stream_with_the_reply_done(
@@ -159,6 +160,22 @@ def test_a_completed_stream_over_gunicorn_matches_the_stored_reply(slow_server, 
 
     done = events[-2]["item"]
     assert delta_text(events) == "Echo: short one" == fetch_row(Message, done["id"])["content"]
+
+
+def test_deleting_the_thread_ends_its_stream_with_the_reply_done(slow_server, owner, session, api):
+    with open_turn(slow_server, owner, session) as stream:
+        thread_id = stream.next_event().data["thread"]["id"]
+        read_deltas(stream, 2)
+
+        deleted = call(api, session.pk, "threads.delete", {"thread_id": thread_id})
+        assert answer(deleted) == {}
+        events = [event.data for event in stream.read_all()]
+
+    names = types(events)
+    # The run went with its thread: no error, and no thread.updated for a thread that is gone.
+    assert names[-2:] == ["thread.item.updated:done", "thread.item.done"]
+    assert events[-1]["item"]["content"][0]["text"] == delta_text(events)
+    assert fetch_row(Thread, thread_id) is None
 
 
 # With the OpenAI-compatible test server, through Django's test client ----------
