@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from api_common import RunCreateThrottle
 from conversations import runs, services
+from conversations.db_router import replica_reads
 from conversations.errors import ErrorCode
 from conversations.models import (
     DEFAULT_THREAD_TITLE,
@@ -236,17 +237,20 @@ class ChatKitView(OwnedSessionMixin, APIView):
     def list_threads(self, chatkit_request: ChatKitRequest) -> HttpResponse:
         """``threads.list``: a page of the session's threads, each without its items."""
         session = self.get_session()
-        threads, has_more = _page(
-            Thread.objects.filter(conversation=session),
-            chatkit_request.params["page"],
-            ("conversation", session.pk),
-        )
+        # A list, as over REST: from the replica when one is configured.
+        with replica_reads():
+            threads, has_more = _page(
+                Thread.objects.filter(conversation=session),
+                chatkit_request.params["page"],
+                ("conversation", session.pk),
+            )
         return _bare(shapes.page([shapes.thread(thread) for thread in threads], has_more=has_more))
 
     def list_items(self, chatkit_request: ChatKitRequest) -> HttpResponse:
         """``items.list``: a page of the thread's items."""
         thread = self._thread(chatkit_request.params["thread_id"])
-        items, has_more = thread_items(thread, chatkit_request.params["page"])
+        with replica_reads():
+            items, has_more = thread_items(thread, chatkit_request.params["page"])
         data = [shapes.message_item(message) for message in items]
         return _bare(shapes.page(data, has_more=has_more))
 

@@ -28,60 +28,30 @@ _PAGE = {
 }
 _INPUT = {
     "type": "object",
+    "description": (
+        "A `UserMessageInput`. The text parts (`input_text`, and an `input_tag`'s text, which "
+        "also needs `id` and `data`), joined in order, are the run's input: some text, at most "
+        f"{RUN_INPUT_MAX_LENGTH} characters with `quoted_text`, which goes before it as a "
+        "quotation. `attachments` must be empty; `inference_options` are ignored (the server "
+        "picks the model)."
+    ),
     "required": ["content", "attachments", "inference_options"],
     "properties": {
         "content": {
             "type": "array",
             "minItems": 1,
-            "description": (
-                "The text parts (and tags' text), joined in order, are the run's input: "
-                f"some text, at most {RUN_INPUT_MAX_LENGTH} characters with the quotation."
-            ),
             "items": {
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["type", "text"],
-                        "properties": {"type": {"const": "input_text"}, "text": _TEXT},
-                    },
-                    {
-                        "type": "object",
-                        "required": ["type", "id", "text", "data"],
-                        "properties": {
-                            "type": {"const": "input_tag"},
-                            "id": _STRING,
-                            "text": _TEXT,
-                            "data": {"type": "object"},
-                            "group": {"type": ["string", "null"]},
-                            "interactive": {"type": "boolean"},
-                        },
-                    },
-                ]
-            },
-        },
-        "attachments": {
-            "type": "array",
-            "maxItems": 0,
-            "items": _STRING,
-            "description": "Must be empty: attachments are not supported.",
-        },
-        "quoted_text": {
-            "type": ["string", "null"],
-            "pattern": NO_NUL,
-            "description": "Put before the text as a quotation.",
-        },
-        "inference_options": {
-            "type": "object",
-            "description": "Ignored: the server picks the model.",
-            "properties": {
-                "tool_choice": {
-                    "type": "object",
-                    "required": ["id"],
-                    "properties": {"id": _STRING},
+                "type": "object",
+                "required": ["type", "text"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["input_text", "input_tag"]},
+                    "text": _TEXT,
                 },
-                "model": {"type": ["string", "null"]},
             },
         },
+        "attachments": {"type": "array", "maxItems": 0},
+        "quoted_text": {"type": ["string", "null"], "pattern": NO_NUL},
+        "inference_options": {"type": "object"},
     },
 }
 

@@ -205,3 +205,34 @@ def test_delete_removes_the_thread_with_its_messages_and_runs(api, session):
     assert api.get(f"{SESSIONS}/{session.pk}/threads/{thread.pk}").status_code == 404
     again = call(api, session.pk, "threads.delete", {"thread_id": str(thread.pk)})
     assert answer(again, 404)["error"]["code"] == "NOT_FOUND"
+
+
+def test_the_input_is_the_text_parts_and_tags_joined_after_the_quotation(api, session):
+    content = [
+        {"type": "input_text", "text": "Ask "},
+        {"type": "input_tag", "id": "u1", "text": "@Ada", "data": {"k": 1}, "interactive": True},
+        {"type": "input_text", "text": " about this"},
+    ]
+    params = {
+        "input": {
+            "content": content,
+            "attachments": [],
+            "quoted_text": "first line\n\nthird line",
+            "inference_options": {"model": "ignored", "tool_choice": {"id": "t"}},
+        }
+    }
+
+    events = frames(call(api, session.pk, "threads.create", params))
+
+    stored = "> first line\n>\n> third line\n\nAsk @Ada about this"
+    user_item = events[1]["item"]
+    assert user_item["content"] == [{"type": "input_text", "text": stored}]
+    assert fetch_row(Message, user_item["id"])["content"] == stored
+    assert delta_text(events) == f"Echo: {stored}"
+
+
+def test_other_methods_are_405(api, session):
+    response = api.get(f"{SESSIONS}/{session.pk}/chatkit")
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
