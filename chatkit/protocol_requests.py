@@ -36,6 +36,8 @@ UNSUPPORTED = frozenset(
     }
 )
 _SHOWN_TYPE_LENGTH = 100
+# Items one feedback request may name: a page's worth (ChatKit sends one).
+MAX_FEEDBACK_ITEMS = MAX_LIMIT
 
 
 class OnDisconnect(StrEnum):
@@ -199,6 +201,8 @@ def _feedback(params: dict[str, Any], fields: _Fields) -> dict[str, Any]:
     item_ids = fields.get(params, "item_ids", "params", list)
     if item_ids is not None and not all(isinstance(item_id, str) for item_id in item_ids):
         fields.fail("params.item_ids", "Must be an array of strings.")
+    elif item_ids is not None and len(item_ids) > MAX_FEEDBACK_ITEMS:
+        fields.fail("params.item_ids", f"At most {MAX_FEEDBACK_ITEMS} ids.")
     kind = fields.string(params, "kind", "params")
     if kind is not None and kind not in FeedbackKind.values:
         fields.fail("params.kind", 'Must be "positive" or "negative".')

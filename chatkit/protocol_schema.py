@@ -10,7 +10,7 @@ from conversations.models import RUN_INPUT_MAX_LENGTH, TITLE_MAX_LENGTH, Feedbac
 
 from .fields import NO_NUL, NOT_ONLY_SPACE
 from .pagination import MAX_LIMIT
-from .protocol_requests import OnDisconnect
+from .protocol_requests import MAX_FEEDBACK_ITEMS, OnDisconnect
 
 REQUEST_REF = {"$ref": "#/components/schemas/ChatKitRequest"}
 RESPONSE_REF = {"$ref": "#/components/schemas/ChatKitResponse"}
@@ -129,7 +129,7 @@ REQUEST_SCHEMA = {
             "items.feedback",
             {
                 **_THREAD_ID,
-                "item_ids": {"type": "array", "items": _STRING},
+                "item_ids": {"type": "array", "maxItems": MAX_FEEDBACK_ITEMS, "items": _STRING},
                 "kind": {"type": "string", "enum": FeedbackKind.values},
             },
             ["thread_id", "item_ids", "kind"],

@@ -184,6 +184,11 @@ def with_input(**changes) -> dict:
             "params.item_ids",
         ),
         ("items.feedback", {"thread_id": "x", "item_ids": [], "kind": "meh"}, "params.kind"),
+        (
+            "items.feedback",
+            {"thread_id": "x", "item_ids": ["a"] * 101, "kind": "positive"},
+            "params.item_ids",
+        ),
     ],
 )
 def test_params_that_fail_the_schema_are_400_naming_the_field(api, session, kind, params, field):

@@ -251,11 +251,13 @@ def insert_run(
             insert([message], where=inserted),
             insert(events, where=inserted),
         ]
+        # The thread's row before its session's: the order in which deleting
+        # a session takes them, so that the two never wait on each other.
         renames = [
             (model, pk, new_title, default)
             for model, pk, new_title, default in (
-                (Conversation, conversation.pk, title, DEFAULT_CONVERSATION_TITLE),
                 (Thread, run.thread_id, thread_title, DEFAULT_THREAD_TITLE),
+                (Conversation, conversation.pk, title, DEFAULT_CONVERSATION_TITLE),
             )
             if new_title is not None
         ]
