@@ -174,14 +174,16 @@ def _insert_run(
     conversation = thread.conversation
     # A session or thread still holding its default title is named from the
     # user's words by its first run, whichever surface started it.
-    title = title_from_text(input)
+    untitled_session = conversation.title == DEFAULT_CONVERSATION_TITLE
+    untitled_thread = thread.title == DEFAULT_THREAD_TITLE
+    title = title_from_text(input) if untitled_session or untitled_thread else None
     inserted = store.insert_run(
         run=run,
         message=message,
         events=events,
         conversation=conversation,
-        title=title if conversation.title == DEFAULT_CONVERSATION_TITLE else None,
-        thread_title=title if thread.title == DEFAULT_THREAD_TITLE else None,
+        title=title if untitled_session else None,
+        thread_title=title if untitled_thread else None,
         limit=limit,
         now=now,
     )
