@@ -128,18 +128,16 @@ class TurnStream:
 
     def _stream(self, batches: Iterator[list[runs.Event]]) -> Iterator[bytes]:
         translator = self.translator
-        opening = translator.opening()
-        if opening:
+        if opening := translator.opening():
             yield frames(opening)
         with closing(batches):
             for batch in batches:
                 if not batch:
                     yield PING
-                    continue
-                out = [event for run_event in batch for event in translator.translate(run_event)]
-                if out:
+                elif out := [event for item in batch for event in translator.translate(item)]:
                     yield frames(out)
-        yield frames(translator.closing(thread_deleted=self.state.deleted))
+        if last := translator.closing(thread_deleted=self.state.deleted):
+            yield frames(last)
 
     def close(self) -> None:
         self._frames.close()
