@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
@@ -79,6 +81,9 @@ MIDDLEWARE = [
     "chatkit.middleware.RequestIDMiddleware",
     # Outside the others, so that it sees the response as they left it.
     "chatkit.middleware.HeadWithoutBodyMiddleware",
+    # Before anything that answers by itself (the 413 below, CommonMiddleware),
+    # so that a browser may read those answers too; it answers preflights.
+    "corsheaders.middleware.CorsMiddleware",
     # /metrics to METRICS_TOKEN's holder, by any Host and over plain HTTP
     # (Prometheus scrapes each instance by its address, behind the TLS
     # proxy). Without the token the request goes on like any other, to the
@@ -100,6 +105,19 @@ MIDDLEWARE = [
     # still runs before any view reads the body.
     "chatkit.middleware.BodySizeLimitMiddleware",
 ]
+
+# Browsers on these origins may call the API (ChatKit JS, a front end served
+# elsewhere): comma-separated, scheme and host (https://app.example.com).
+# Credentials are bearer tokens, not cookies, so none are allowed.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = (
+    *default_cors_headers,
+    "idempotency-key",
+    "last-event-id",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "Idempotent-Replayed"]
 
 ROOT_URLCONF = "chatbot_project.urls"
 WSGI_APPLICATION = "chatbot_project.wsgi.application"

@@ -155,6 +155,17 @@ class RunIncompleteReason(models.TextChoices):
     CONTENT_FILTER = "content_filter"
 
 
+class FeedbackKind(models.TextChoices):
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+
+
+class MessageQuerySet(models.QuerySet):
+    def with_feedback_of(self, user) -> "MessageQuerySet":
+        """Each message's ``feedback``: the kind ``user`` gave it, or None (in the same query)."""
+        return self.annotate(feedback=feedback_of(user, "pk"))
+
+
 class Message(models.Model):
     """One message of a thread. Rows, never a JSON list on the parent."""
 
@@ -191,6 +202,8 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
+    objects = MessageQuerySet.as_manager()
+
     class Meta:
         ordering = ("created_at", "id")
         indexes = [
@@ -208,6 +221,12 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:50]}"
+
+
+class RunQuerySet(models.QuerySet):
+    def with_feedback_of(self, user) -> "RunQuerySet":
+        """Each run's ``output_feedback``: the kind ``user`` gave its reply, or None."""
+        return self.annotate(output_feedback=feedback_of(user, "output_message_id"))
 
 
 class Run(models.Model):
@@ -277,6 +296,8 @@ class Run(models.Model):
         related_name="+",
         db_index=False,
     )
+
+    objects = RunQuerySet.as_manager()
 
     class Meta:
         ordering = ("-created_at", "-id")
@@ -364,3 +385,47 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.host} at {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MessageFeedback(models.Model):
+    """A user's feedback on an assistant message: one row per message and user, the last kept."""
+
+    Kind = FeedbackKind
+
+    id = models.BigAutoField(primary_key=True)
+    message = models.ForeignKey(
+        Message,
+        # DO_NOTHING keeps deleting a thread's messages a single DELETE: the
+        # rows go with their thread (below) in the same transaction, and the
+        # foreign key is deferred.
+        on_delete=models.DO_NOTHING,
+        related_name="feedback_given",
+        db_index=False,  # covered by message_feedback_one_per_user
+    )
+    # The message's thread, so that deleting a thread (or its session) deletes
+    # its feedback with one statement, as it does its messages.
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-updated_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("message", "user"), name="message_feedback_one_per_user"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=FeedbackKind.values), name="message_feedback_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.message_id}"
+
+
+def feedback_of(user, message_field: str) -> models.Subquery:
+    """The kind of feedback ``user`` gave the message the outer row names in ``message_field``."""
+    given = MessageFeedback.objects.filter(message=models.OuterRef(message_field), user=user)
+    return models.Subquery(given.values("kind")[:1])

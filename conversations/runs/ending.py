@@ -192,6 +192,20 @@ def run_cancel(*, run_id: Any) -> Run:
     return run
 
 
+def run_abandon(*, run_id: Any) -> bool:
+    """The client that carried a run went away: cancel the run if it is still active.
+
+    As ``run_cancel``, the text stored so far is kept as an incomplete reply.
+    Returns whether it was cancelled here; a run that ended meanwhile (or
+    was deleted) is left as it is.
+    """
+    try:
+        run_cancel(run_id=run_id)
+    except (ObjectNotFound, RunNotActive):
+        return False
+    return True
+
+
 def run_deleted_events(*, run: Run, text: str, last_seq: int) -> list[Event]:
     """How a stream ends a run that was deleted (with its session or thread) while active.
 

@@ -21,6 +21,7 @@ from ..errors import ActiveRunLimitReached, ObjectNotFound, RunInProgress
 from ..models import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_CONVERSATION_TITLE,
+    DEFAULT_THREAD_TITLE,
     EventName,
     Message,
     MessageRole,
@@ -75,8 +76,11 @@ def run_start(
     ``queued`` the run waits for a worker: ``on_commit(run)`` hands it over
     once the run is committed, never before. The events stored with the run
     are in ``run.start_events``, for a live stream to send without reading
-    them back. ``mode`` is how the caller takes part (``RunMode``): by
-    default background when ``queued``, else wait.
+    them back. A session or thread still holding its default title is named
+    from ``input`` in the same transaction; ``thread`` and its
+    ``conversation`` get the new titles when they were. ``mode`` is how the
+    caller takes part (``RunMode``): by default background when ``queued``,
+    else wait.
     """
     limit = settings.MAX_ACTIVE_RUNS_PER_USER
     user_id = thread.conversation.user_id
@@ -177,20 +181,27 @@ def _insert_run(
         items.append((EventName.RUN_IN_PROGRESS, run_document(run)))
     events = event_rows(run, items)
     conversation = thread.conversation
-    title = title_from_text(input) if conversation.title == DEFAULT_CONVERSATION_TITLE else None
-    inserted, renamed = store.insert_run(
+    # A session or thread still holding its default title is named from the
+    # user's words by its first run, whichever surface started it.
+    untitled_session = conversation.title == DEFAULT_CONVERSATION_TITLE
+    untitled_thread = thread.title == DEFAULT_THREAD_TITLE
+    title = title_from_text(input) if untitled_session or untitled_thread else None
+    inserted = store.insert_run(
         run=run,
         message=message,
         events=events,
         conversation=conversation,
-        title=title,
+        title=title if untitled_session else None,
+        thread_title=title if untitled_thread else None,
         limit=limit,
         now=now,
     )
-    if not inserted:
+    if not inserted.inserted:
         return None
-    if renamed:
+    if inserted.renamed:
         conversation.title = title
+    if inserted.thread_renamed:
+        thread.title = title
     # Perhaps stored by statements the ORM did not see: hand back the saved form.
     stored = store.saved(run)
     stored.thread = thread
