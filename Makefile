@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test fleet lint migrations-check lock audit
+.PHONY: install run test fleet lint migrations-check lock audit conformance
 
 # requirements-dev.txt is the product's locked tree plus the test tools, every
 # package pinned with its hashes.
@@ -15,6 +15,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# The ChatKit conformance checker's own virtualenv: the official openai-chatkit
+# package (and the agents SDK it needs), which cannot live beside our app (also
+# `chatkit`). Rebuilt from scratch whenever its lock changes; the tests run it.
+CHATKIT_VENV ?= .venv-chatkit
+$(CHATKIT_VENV)/.installed: conformance/requirements.txt
+	rm -rf $(CHATKIT_VENV)
+	$(PYTHON) -m venv $(CHATKIT_VENV)
+	$(CHATKIT_VENV)/bin/python -m pip install --quiet --require-hashes -r conformance/requirements.txt
+	touch $@
+
+conformance: $(CHATKIT_VENV)/.installed
 
 # Development server and a background worker: SQLite file and the offline
 # echo provider unless the environment says otherwise. Ctrl-C stops both.
@@ -27,7 +39,8 @@ run: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) chatbot_project.wsgi
 
 # Tests run with DEBUG off, as in production; the key below signs test tokens only.
-test: install
+test: install conformance
+	CHATKIT_CHECKER_PYTHON=$(abspath $(CHATKIT_VENV))/bin/python \
 	SECRET_KEY=$${SECRET_KEY:-test-only-insecure-signing-key-0123456789abcdef} $(PY) -m pytest $(PYTEST_ARGS)
 
 # Web instances and workers behind nginx on this machine, on one PostgreSQL
@@ -50,6 +63,8 @@ lock: install
 		-o requirements.txt requirements.in
 	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 		-o requirements-dev.txt requirements-dev.in
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		-o conformance/requirements.txt conformance/requirements.in
 
 # Known advisories in the locked trees (needs internet: pip-audit asks the
 # advisory databases, so it cannot run on a machine without it).
