@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
 DONE = b"event: done\ndata: [DONE]\n\n"
 _END = object()
+# Put in a live stream's queue by a notice that the run was ended elsewhere.
+_WOKEN = object()
 # How long a live stream waits on a silent provider before looking whether
-# the run was ended elsewhere.
+# the run was ended elsewhere, when no notice would tell it (SQLite).
 IDLE_CHECK_SECONDS = 1.0
 
 
@@ -106,6 +108,8 @@ def live_run_stream(*, launch: runs.Launch) -> Iterator[bytes]:
 
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
+    # A notice that someone else ended the run wakes the loop below.
+    watch = runs.run_watch(run_id=run.pk, ends_only=True, wake=lambda: events.put(_WOKEN))
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
     told = _Told(last_seq=0)
     last_sent = time.monotonic()
@@ -113,10 +117,14 @@ def live_run_stream(*, launch: runs.Launch) -> Iterator[bytes]:
         try:
             item = events.get(timeout=IDLE_CHECK_SECONDS)
         except queue.Empty:
+            item = None
+        if item is None or item is _WOKEN:
             # The provider is silent. Someone may have ended the run (cancel,
             # reaper): then its end is in the database, and the executor
-            # only learns of it when the provider speaks again.
-            if not runs.run_is_active(run_id=run.pk):
+            # only learns of it when the provider speaks again. A notice
+            # says so; without notices, look.
+            look = item is _WOKEN or not watch.pushed
+            if look and not runs.run_is_active(run_id=run.pk):
                 ended = runs.run_events_after(run_id=run.pk, seq=told.last_seq)
                 runs.release_connection()
                 yield from told.encode(ended)
@@ -135,28 +143,38 @@ def live_run_stream(*, launch: runs.Launch) -> Iterator[bytes]:
             except queue.Empty:
                 break
         ended = batch[-1] is _END
-        sent = [event for event in batch if event is not _END]
+        sent = [event for event in batch if event is not _END and event is not _WOKEN]
         if sent:
             last_sent = time.monotonic()
             yield b"".join(told.encode(sent))
         if ended:
             break
+        if any(event is _WOKEN for event in batch):
+            # Looked at once the batch is sent, should the provider fall silent.
+            events.put(_WOKEN)
+    watch.close()
     yield from told.end_if_deleted(run)
     yield DONE
 
 
 def follow_run_stream(*, run: Run, after: int) -> Iterator[bytes]:
-    """Replay a run's stored events after ``after``, then follow new ones until it ends."""
-    poll = settings.SSE_POLL_MS / 1000
+    """Replay a run's stored events after ``after``, then follow new ones until it ends.
+
+    It reads them again when the run has news (``runs.run_watch``: a notice,
+    or the poll interval where notices do not come), and expires a run
+    whose carrier died rather than wait for a reaper.
+    """
     told = _Told(last_seq=after)
     # Resumed on an active run: read the deltas the client has too, so that
     # an end made here for a deleted run holds the whole text so far.
     read_from = 0 if after and run.is_active else after
     last_sent = time.monotonic()
+    # Before the first read: news of anything stored after it wakes the loop.
+    watch = runs.run_watch(run_id=run.pk)
     try:
         while True:
             events = runs.run_events_after(run_id=run.pk, seq=read_from)
-            ended = not events and not runs.run_is_active(run_id=run.pk)
+            ended = not events and not runs.run_is_live(run_id=run.pk)
             if ended:
                 # Read once more: its last events may have been stored
                 # between the read above and the check.
@@ -176,10 +194,16 @@ def follow_run_stream(*, run: Run, after: int) -> Iterator[bytes]:
                 return
             if new:
                 last_sent = time.monotonic()
+            watch.seen_seq = told.last_seq
             runs.release_connection()
-            if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
+            while not watch.wait(_until_ping(last_sent)):
                 yield PING
                 last_sent = time.monotonic()
-            time.sleep(poll)
     finally:
+        watch.close()
         runs.release_connection()
+
+
+def _until_ping(last_sent: float) -> float:
+    """Seconds until an idle stream that last sent at ``last_sent`` is due a ping."""
+    return max(0.0, settings.SSE_PING_SECONDS - (time.monotonic() - last_sent))

@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, transaction
 
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
-from .models import Conversation, Thread
+from .models import Conversation, Run, Thread
 from .runs import store
 
 UNSET: Any = object()
@@ -74,8 +74,12 @@ def conversation_update(
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete a session with its threads (and, through them, messages and runs)."""
+    """Delete a session with its threads (and, through them, messages and runs).
+
+    Streams of its active runs are told, and end them as cancelled.
+    """
     with transaction.atomic(durable=True):
+        store.notify_deleted(Run.objects.filter(thread__conversation=conversation))
         conversation.delete()
 
 
@@ -111,8 +115,9 @@ def thread_update(
 
 
 def thread_delete(*, thread: Thread) -> None:
-    """Delete a thread with its messages and runs."""
+    """Delete a thread with its messages and runs; streams of its active run are told."""
     with transaction.atomic(durable=True):
+        store.notify_deleted(Run.objects.filter(thread=thread))
         thread.delete()
 
 
