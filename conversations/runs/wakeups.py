@@ -61,7 +61,7 @@ class Watch:
     @property
     def pushed(self) -> bool:
         """Whether news of the run comes as notices now; if not, the stream must poll."""
-        return _listener.connected and not connection.in_atomic_block
+        return listening() and not connection.in_atomic_block
 
     def wait(self, timeout: float) -> bool:
         """True when the run may have news to read; False when ``timeout`` passed first.
@@ -211,6 +211,11 @@ class _Listener:
 
 
 _listener = _Listener()
+
+
+def listening() -> bool:
+    """Whether this process's listener is connected: notices come to its streams now."""
+    return _listener.connected
 
 
 def stop_listening() -> None:
