@@ -282,7 +282,7 @@ def move_if_unchanged(
     sql, params = update(run, fields, where=("status = %s AND last_event_seq = %s", list(was)))
     held = ("EXISTS (SELECT 1 FROM moved)", [])
     *before, (last, last_params) = [insert(objs, where=held) for objs in inserts]
-    # The run's followers hear of it on commit, if it moved (see notify_runs).
+    # The run's followers hear of it on commit, if it moved (see Notices below).
     ctes = [f"moved AS ({sql} RETURNING {_notice_sql('id::text')})"]
     for index, (insert_sql, insert_params) in enumerate(before):
         ctes.append(f"insert_{index} AS ({insert_sql})")
