@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import Error, connection, transaction
 from django.utils import timezone
 
 from ..models import Run, RunStatus
@@ -124,7 +124,7 @@ def _beat_forever() -> None:
             continue
         try:
             runs_beat(run_ids=run_ids)
-        except DatabaseError:
+        except Error:
             # The database may be briefly away: the next beat tries again,
             # and a run that misses the whole window is expired, as it
             # could not store its pieces meanwhile either.

@@ -448,7 +448,7 @@ def notice_listener() -> Iterator[Callable[[float], Iterator[str]]]:
     Gives ``notices(timeout)``, which yields each notice's payload as it
     comes, for at most ``timeout`` seconds. Not from the pool: it is held
     for good, and a pooled connection goes back to others. Errors are
-    Django's (``DatabaseError``).
+    Django's (``django.db.Error``).
     """
     with connection.wrap_database_errors:
         params = connection.get_connection_params()

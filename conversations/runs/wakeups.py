@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import Error, connection
 from django.utils import timezone
 
 from ..models import ACTIVE_RUN_STATUSES, Run
@@ -186,7 +186,7 @@ class _Listener:
         while not self._stopping.is_set():
             try:
                 self._listen()
-            except DatabaseError:
+            except Error:
                 logger.warning("Listening for run notices failed; trying again", exc_info=True)
             finally:
                 self.connected = False
