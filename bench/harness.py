@@ -134,12 +134,20 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_stack(port: int, extra_env: dict[str, str], worker: bool) -> Iterator[list[int]]:
-    """gunicorn (and the worker) as in production; yields their pids."""
+def running_stack(
+    port: int,
+    extra_env: dict[str, str],
+    worker: bool,
+    *,
+    root: Path = ROOT,
+    server_args: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (),
+) -> Iterator[list[int]]:
+    """gunicorn (and the worker) as in production, from the code in ``root``; yields their pids."""
     env = server_env(extra_env)
     print(f"database: {_shown(env['DATABASE_URL'])}", flush=True)
     migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
-    if subprocess.run(migrate, cwd=ROOT, env=env, check=False).returncode != 0:
+    if subprocess.run(migrate, cwd=root, env=env, check=False).returncode != 0:
         raise SystemExit(
             "Could not migrate the benchmark's database (the error is above): set "
             f"DATABASE_URL to a database that exists (unset, {DEFAULT_DATABASE_URL})"
@@ -154,9 +162,10 @@ def running_stack(port: int, extra_env: dict[str, str], worker: bool) -> Iterato
                 f"{HOST}:{port}",
                 "--access-logfile",
                 "/dev/null",
+                *server_args,
                 "chatbot_project.wsgi",
             ],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -165,8 +174,8 @@ def running_stack(port: int, extra_env: dict[str, str], worker: bool) -> Iterato
     if worker:
         procs.append(
             subprocess.Popen(
-                [sys.executable, "manage.py", "worker"],
-                cwd=ROOT,
+                [sys.executable, "manage.py", "worker", *worker_args],
+                cwd=root,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

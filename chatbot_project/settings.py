@@ -35,6 +35,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -365,7 +375,20 @@ if WORKER_METRICS_BIND and not WORKER_METRICS_BIND.rpartition(":")[2].isdigit():
     raise ImproperlyConfigured("WORKER_METRICS_BIND must be host:port, e.g. 0.0.0.0:9101")
 
 # Runs and providers.
+# A queued run waits for a worker at most this long; an in-progress run that
+# made no progress (no piece from its provider) for this long is given up by
+# its carrier, which stops renewing its heartbeat.
 RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 300)
+# Each process renews the heartbeat of the runs it carries this often, whatever
+# the provider is doing; an in-progress run whose heartbeat is older than the
+# window lost its carrier (a killed worker, a crashed web process) and is expired.
+RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 5.0)
+RUN_HEARTBEAT_WINDOW_SECONDS = env_float("RUN_HEARTBEAT_WINDOW_SECONDS", 3 * RUN_HEARTBEAT_SECONDS)
+if not 0 < RUN_HEARTBEAT_SECONDS < RUN_HEARTBEAT_WINDOW_SECONDS:
+    raise ImproperlyConfigured(
+        "RUN_HEARTBEAT_WINDOW_SECONDS must be longer than RUN_HEARTBEAT_SECONDS (> 0): "
+        "a live carrier must beat within the window"
+    )
 LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "echo")
 LLM_MODEL = os.environ.get("LLM_MODEL", "")
 LLM_TIMEOUT_SECONDS = float(os.environ.get("LLM_TIMEOUT_SECONDS", "60"))
@@ -378,6 +401,13 @@ ECHO_DELAY_MS = env_int("ECHO_DELAY_MS", 0)
 STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 200)
 SSE_PING_SECONDS = env_int("SSE_PING_SECONDS", 15)
 SSE_POLL_MS = env_int("SSE_POLL_MS", 250)
+# On PostgreSQL, followers of a run wake on a notification (LISTEN/NOTIFY)
+# sent with its stored events instead of polling every SSE_POLL_MS; off
+# (SSE_NOTIFY=0), or on SQLite, they poll.
+SSE_NOTIFY = env_bool("SSE_NOTIFY", True)
+# With notifications, one query per process this often looks at every run its
+# streams follow: a lost notification costs at most this much latency.
+SSE_SAFETY_POLL_SECONDS = env_float("SSE_SAFETY_POLL_SECONDS", 5.0)
 
 # Background runs: Django's Tasks API (the django-tasks backport), so the
 # engine is a setting. The default engine is huey with thread workers and its

@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
 DONE = b"event: done\ndata: [DONE]\n\n"
 _END = object()
+# Put in a live stream's queue by a notice that the run was ended elsewhere.
+_WOKEN = object()
 # How long a live stream waits on a silent provider before looking whether
-# the run was ended elsewhere.
+# the run was ended elsewhere, when no notice would tell it (SQLite).
 IDLE_CHECK_SECONDS = 1.0
 
 
@@ -127,41 +129,53 @@ def live_run_events(
 
     # The response may last as long as the reply: hold no connection meanwhile.
     runs.release_connection()
+    # A notice that someone else ended the run wakes the loop below.
+    watch = runs.run_watch(run_id=run.pk, ends_only=True, wake=lambda: events.put(_WOKEN))
     threading.Thread(target=carry_out, name=f"run-{run.pk}", daemon=True).start()
     last_sent = time.monotonic()
-    while True:
-        try:
-            item = events.get(timeout=IDLE_CHECK_SECONDS)
-        except queue.Empty:
-            # The provider is silent. Someone may have ended the run (cancel,
-            # reaper): then its end is in the database, and the executor
-            # only learns of it when the provider speaks again.
-            if not runs.run_is_active(run_id=run.pk):
-                ended = runs.run_events_after(run_id=run.pk, seq=state.last_seq)
-                runs.release_connection()
-                if ended:
-                    yield state.sent(ended)
-                break
-            runs.release_connection()
-            if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
-                yield []
-                last_sent = time.monotonic()
-            continue
-        # What the executor stored together (a batch of pieces) goes in one
-        # write: fewer syscalls and chunks under many concurrent streams.
-        batch = [item]
-        while batch[-1] is not _END:
+    try:
+        while True:
             try:
-                batch.append(events.get_nowait())
+                item = events.get(timeout=IDLE_CHECK_SECONDS)
             except queue.Empty:
+                item = None
+            if item is None or item is _WOKEN:
+                # The provider is silent. Someone may have ended the run
+                # (cancel, reaper): then its end is in the database, and the
+                # executor only learns of it when the provider speaks again.
+                # A notice says so; without notices, look.
+                look = item is _WOKEN or not watch.pushed
+                if look and not runs.run_is_active(run_id=run.pk):
+                    ended = runs.run_events_after(run_id=run.pk, seq=state.last_seq)
+                    runs.release_connection()
+                    if ended:
+                        yield state.sent(ended)
+                    break
+                runs.release_connection()
+                if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
+                    yield []
+                    last_sent = time.monotonic()
+                continue
+            # What the executor stored together (a batch of pieces) goes in one
+            # write: fewer syscalls and chunks under many concurrent streams.
+            batch = [item]
+            while batch[-1] is not _END:
+                try:
+                    batch.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            ended = batch[-1] is _END
+            sent = [event for event in batch if event is not _END and event is not _WOKEN]
+            if sent:
+                last_sent = time.monotonic()
+                yield state.sent(sent)
+            if ended:
                 break
-        ended = batch[-1] is _END
-        sent = [event for event in batch if event is not _END]
-        if sent:
-            last_sent = time.monotonic()
-            yield state.sent(sent)
-        if ended:
-            break
+            if any(event is _WOKEN for event in batch):
+                # Looked at once the batch is sent, should the provider fall silent.
+                events.put(_WOKEN)
+    finally:
+        watch.close()
     ending = state.end_if_deleted(run)
     if ending:
         yield ending
@@ -172,18 +186,22 @@ def follow_run_events(
 ) -> Iterator[list[runs.Event]]:
     """A run's stored events after ``after``, then new ones until it ends, in batches.
 
-    Batches as ``live_run_events``: an empty one is a keep-alive's turn.
+    Batches as ``live_run_events``: an empty one is a keep-alive's turn. It
+    reads them again when the run has news (``runs.run_watch``: a notice, or
+    the poll interval where notices do not come), and expires a run whose
+    carrier died rather than wait for a reaper.
     """
-    poll = settings.SSE_POLL_MS / 1000
     state = state or StreamState(last_seq=after)
     # Resumed on an active run: read the deltas the client has too, so that
     # an end made here for a deleted run holds the whole text so far.
     read_from = 0 if after and run.is_active else after
     last_sent = time.monotonic()
+    # Before the first read: news of anything stored after it wakes the loop.
+    watch = runs.run_watch(run_id=run.pk)
     try:
         while True:
             events = runs.run_events_after(run_id=run.pk, seq=read_from)
-            ended = not events and not runs.run_is_active(run_id=run.pk)
+            ended = not events and not runs.run_is_live(run_id=run.pk)
             if ended:
                 # Read once more: its last events may have been stored
                 # between the read above and the check.
@@ -204,13 +222,19 @@ def follow_run_events(
                 if ending:
                     yield ending
                 return
+            watch.seen_seq = state.last_seq
             runs.release_connection()
-            if time.monotonic() - last_sent >= settings.SSE_PING_SECONDS:
+            while not watch.wait(_until_ping(last_sent)):
                 yield []
                 last_sent = time.monotonic()
-            time.sleep(poll)
     finally:
+        watch.close()
         runs.release_connection()
+
+
+def _until_ping(last_sent: float) -> float:
+    """Seconds until an idle stream that last sent at ``last_sent`` is due a ping."""
+    return max(0.0, settings.SSE_PING_SECONDS - (time.monotonic() - last_sent))
 
 
 def _server_sent_events(batches: Iterator[list[runs.Event]]) -> Iterator[bytes]:

@@ -278,8 +278,9 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
-    # The lease: whoever carries out the run renews it as it makes progress;
-    # an active run whose heartbeat is older than RUN_TIMEOUT_SECONDS is dead.
+    # The lease: whoever carries out the run renews it every few seconds while
+    # it does (conversations/runs/heartbeat.py); an in-progress run whose
+    # heartbeat is older than RUN_HEARTBEAT_WINDOW_SECONDS lost its carrier.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # The id the assistant message will have; streamed deltas name it before
     # the message row exists.

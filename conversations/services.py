@@ -12,7 +12,15 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
-from .models import Conversation, FeedbackKind, Message, MessageFeedback, MessageRole, Thread
+from .models import (
+    Conversation,
+    FeedbackKind,
+    Message,
+    MessageFeedback,
+    MessageRole,
+    Run,
+    Thread,
+)
 from .runs import store
 
 UNSET: Any = object()
@@ -75,8 +83,12 @@ def conversation_update(
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete a session with its threads (and, through them, messages and runs)."""
+    """Delete a session with its threads (and, through them, messages and runs).
+
+    Streams of its active runs are told, and end them as cancelled.
+    """
     with transaction.atomic(durable=True):
+        store.notify_deleted(Run.objects.filter(thread__conversation=conversation))
         conversation.delete()
 
 
@@ -112,8 +124,9 @@ def thread_update(
 
 
 def thread_delete(*, thread: Thread) -> None:
-    """Delete a thread with its messages and runs."""
+    """Delete a thread with its messages and runs; streams of its active run are told."""
     with transaction.atomic(durable=True):
+        store.notify_deleted(Run.objects.filter(thread=thread))
         thread.delete()
 
 

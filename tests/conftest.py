@@ -6,6 +6,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts.authentication import token_cache, user_cache
 from accounts.models import User
 from conversations.models import Conversation, Thread
+from conversations.runs.wakeups import stop_listening
 from tests.task_queue import remove_test_queue, use_test_queue
 
 PASSWORD = "correct horse battery staple"
@@ -19,6 +20,14 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     remove_test_queue()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_listener_stopped_at_the_end(django_db_setup):
+    # Its connection to the test database would keep the database from
+    # being dropped; it is torn down before django_db_setup's teardown.
+    yield
+    stop_listening()
 
 
 @pytest.fixture(autouse=True)

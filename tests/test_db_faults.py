@@ -27,7 +27,11 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from conversations import runs
 from conversations.models import Conversation, Message, Run, Thread
+from conversations.runs.store import NOTICE_CHANNEL
+from conversations.runs.wakeups import listening
+from tests.carriers import GatedProvider, carried
 from tests.db import count_rows, fetch_row, fetch_rows
 from tests.openai_server import Reply
 from tests.sse import SSEStream, bearer, wait_until
@@ -315,6 +319,55 @@ def test_a_run_survives_its_connections_being_terminated_while_the_provider_talk
     run_id = events[0].data["id"]
     assert fetch_row(Run, run_id)["status"] == "completed"
     assert count_rows(Message, thread=thread.pk, content=reply) == 1
+
+
+def listener_backends() -> set[int]:
+    """Backends of the test database that listen for run notices (the listeners)."""
+    with _superuser_connection() as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query = %s",
+            [connection.settings_dict["NAME"], f"LISTEN {NOTICE_CHANNEL}"],
+        ).fetchall()
+    return {pid for (pid,) in rows}
+
+
+def test_a_follower_wakes_on_notices_again_once_the_listener_is_terminated(
+    live_server, owner, settings
+):
+    # Polling too slow to explain anything; a read silent for 10 s fails.
+    settings.SSE_POLL_MS = 60_000
+    settings.SSE_SAFETY_POLL_SECONDS = 60.0
+    settings.SSE_PING_SECONDS = 60
+    settings.STREAM_FLUSH_MS = 0
+    thread = Thread.objects.create(conversation=Conversation.objects.create(user=owner))
+    run = runs.run_start(thread=thread, input="hello", provider="gated", model="gated-1")
+    provider = GatedProvider(["Before ", "after"])
+    url = f"{live_server.url}{SESSIONS}/{thread.conversation_id}/threads/{thread.pk}/runs"
+    with (
+        carried(run, provider),
+        SSEStream(f"{url}/{run.pk}/events", headers=bearer(owner), timeout=10) as follower,
+    ):
+        follower.read_until(lambda event: event.event == "run.in_progress")
+        wait_until(listening, timeout=10, what="the listener to connect")
+        provider.release()
+        follower.read_until(lambda event: event.event == "message.delta")
+        killed = listener_backends()
+        with _superuser_connection() as admin:
+            for pid in killed:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+        wait_until(
+            lambda: listening() and listener_backends() - killed,
+            timeout=30,
+            what="the listener to connect again",
+        )
+        provider.release()
+        second = follower.read_until(lambda event: event.event == "message.delta")
+        events = follower.read_all()
+
+    assert killed
+    assert second.data["delta"] == "after"
+    assert [event.event for event in events][-3:] == ["message.completed", "run.completed", "done"]
 
 
 def test_requests_succeed_after_a_grown_pool_loses_every_connection(http, owner):

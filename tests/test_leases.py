@@ -1,11 +1,14 @@
-"""Leases: a run whose executor died ends as ``expired``, never stays active forever.
+"""Leases: a run whose carrier died ends as ``expired`` within the heartbeat window.
 
 A real worker subprocess is killed with SIGKILL in the middle of a slow run;
-``reap_runs`` (or the next worker, at its start) expires the run once its
-heartbeat is older than RUN_TIMEOUT_SECONDS, keeping the text streamed so far
-as an incomplete reply, and the thread takes new runs again.
+it beat for the run every RUN_HEARTBEAT_SECONDS while it lived, and once
+the heartbeat is older than RUN_HEARTBEAT_WINDOW_SECONDS, ``reap_runs`` (or
+the next worker, at its start) expires the run, long before
+RUN_TIMEOUT_SECONDS, keeping the text streamed so far as an incomplete
+reply, and the thread takes new runs again.
 """
 
+import time
 from datetime import timedelta
 from io import StringIO
 
@@ -21,7 +24,15 @@ from tests.sse import delta_text, runs_path, streamed_events, wait_until, worker
 
 LONG_INPUT = " ".join(f"w{i}" for i in range(40))
 FULL_REPLY = f"Echo: {LONG_INPUT}"
-TIMEOUT = 2
+BEAT = 0.5
+WINDOW = 2.0
+# Far beyond every wait below: only the heartbeat window can end these runs.
+TIMEOUT = 300
+SHORT_WINDOW = {
+    "RUN_HEARTBEAT_SECONDS": str(BEAT),
+    "RUN_HEARTBEAT_WINDOW_SECONDS": str(WINDOW),
+    "RUN_TIMEOUT_SECONDS": str(TIMEOUT),
+}
 
 
 @pytest.fixture
@@ -30,7 +41,9 @@ def thread(owner) -> Thread:
 
 
 @pytest.fixture
-def short_lease(settings):
+def short_window(settings):
+    settings.RUN_HEARTBEAT_SECONDS = BEAT
+    settings.RUN_HEARTBEAT_WINDOW_SECONDS = WINDOW
     settings.RUN_TIMEOUT_SECONDS = TIMEOUT
 
 
@@ -39,11 +52,12 @@ def stored_text(run_id) -> str:
     return "".join("".join(data["deltas"]) for data in batches.values_list("data", flat=True))
 
 
-def kill_worker_mid_run(api, thread) -> tuple[str, str]:
-    """A background run that a worker is streaming when it gets SIGKILL: (run id, text so far)."""
-    with worker_process(ECHO_DELAY_MS="100", RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
-        # Ready first: with a lease this short, a run left queued while a slow
-        # machine starts the worker would rightly be expired before it starts.
+def kill_worker_mid_run(api, thread) -> tuple[str, str, float]:
+    """A background run that a worker is streaming when it gets SIGKILL.
+
+    (run id, text so far, monotonic time of the kill).
+    """
+    with worker_process(ECHO_DELAY_MS="100", **SHORT_WINDOW) as worker:
         worker.wait_ready()
         response = api.post(
             runs_path(thread), {"input": LONG_INPUT, "background": True}, format="json"
@@ -56,12 +70,13 @@ def kill_worker_mid_run(api, thread) -> tuple[str, str]:
             what="the worker to stream",
         )
         worker.kill()
+        killed_at = time.monotonic()
     row = fetch_row(Run, run_id)
     assert row["status"] == "in_progress", (row, worker.output())
     text = stored_text(run_id)
     assert text
     assert len(text) < len(FULL_REPLY)
-    return run_id, text
+    return run_id, text, killed_at
 
 
 def assert_expired_keeping(api, thread, run_id, text) -> None:
@@ -89,28 +104,30 @@ def assert_expired_keeping(api, thread, run_id, text) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_reaper_expires_the_run_of_a_killed_worker(api, thread, short_lease):
-    run_id, text = kill_worker_mid_run(api, thread)
+def test_reaper_expires_the_run_of_a_killed_worker_within_the_window(api, thread, short_window):
+    run_id, text, killed_at = kill_worker_mid_run(api, thread)
 
     def reaped():
         call_command("reap_runs", stdout=StringIO())
         return fetch_row(Run, run_id)["status"] != "in_progress"
 
-    wait_until(reaped, timeout=20, interval=0.2, what="reap_runs to expire the run")
+    # The window plus slack for a loaded machine; RUN_TIMEOUT_SECONDS is 300.
+    wait_until(reaped, timeout=WINDOW + 15, interval=0.2, what="reap_runs to expire the run")
 
+    assert time.monotonic() - killed_at < WINDOW + 15
     assert_expired_keeping(api, thread, run_id, text)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_next_worker_expires_the_run_of_a_killed_one(api, thread, short_lease):
-    run_id, text = kill_worker_mid_run(api, thread)
+def test_next_worker_expires_the_run_of_a_killed_one(api, thread, short_window):
+    run_id, text, _ = kill_worker_mid_run(api, thread)
 
-    def lease_ran_out():
+    def window_passed():
         heartbeat = fetch_row(Run, run_id)["heartbeat_at"]
-        return timezone.now() - heartbeat > timedelta(seconds=TIMEOUT + 0.5)
+        return timezone.now() - heartbeat > timedelta(seconds=WINDOW + 0.5)
 
-    wait_until(lease_ran_out, timeout=20, what="the lease to run out")
-    with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
+    wait_until(window_passed, timeout=20, what="the heartbeat window to pass")
+    with worker_process(**SHORT_WINDOW) as worker:
         worker.wait_for(
             lambda: fetch_row(Run, run_id)["status"] != "in_progress",
             timeout=30,
@@ -163,7 +180,10 @@ def test_a_new_run_expires_the_stale_one_that_holds_the_thread(api, thread, sett
 
 
 @pytest.mark.django_db
-def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
+def test_in_progress_runs_expire_after_the_window_queued_ones_after_the_timeout(
+    api, thread, owner, settings
+):
+    settings.RUN_HEARTBEAT_WINDOW_SECONDS = 15
     settings.RUN_TIMEOUT_SECONDS = 60
     running = abandoned_run(thread, settings)
     other = Thread.objects.create(conversation=thread.conversation)
@@ -174,8 +194,12 @@ def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
     now = timezone.now()
     Run.objects.update(heartbeat_at=now)
 
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=14)) == 0
+    # The in-progress run's carrier stopped beating: expired after the window.
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=16)) == 1
+    # Waiting for a worker is not death: the queued run has RUN_TIMEOUT_SECONDS.
     assert runs.runs_expire_stale(now=now + timedelta(seconds=59)) == 0
-    assert runs.runs_expire_stale(now=now + timedelta(seconds=61)) == 2
+    assert runs.runs_expire_stale(now=now + timedelta(seconds=61)) == 1
 
     statuses = dict(Run.objects.values_list("id", "status"))
     assert statuses[running.pk] == "expired"
@@ -188,8 +212,8 @@ def test_only_runs_past_their_lease_expire(api, thread, owner, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_running_worker_expires_stale_runs_periodically(api, thread, settings):
-    with worker_process(RUN_TIMEOUT_SECONDS=str(TIMEOUT)) as worker:
+def test_running_worker_expires_stale_runs_periodically(api, thread, settings, short_window):
+    with worker_process(**SHORT_WINDOW) as worker:
         worker.wait_ready()
         # Left behind after the worker's start-up sweep, by a process that died.
         stale = abandoned_run(thread, settings)
@@ -201,5 +225,4 @@ def test_running_worker_expires_stale_runs_periodically(api, thread, settings):
 
         worker.wait_for(expired, timeout=30, interval=0.2, what="the worker's periodic sweep")
 
-    settings.RUN_TIMEOUT_SECONDS = TIMEOUT
     assert_expired_keeping(api, thread, stale.pk, text)

@@ -1,4 +1,8 @@
-"""Runs whose lease ran out end as ``expired``; nothing lands on them afterwards."""
+"""Runs nobody carries on end as ``expired``; nothing lands on them afterwards.
+
+In progress: its heartbeat is older than the window (its carrier died).
+Queued: it waited longer than RUN_TIMEOUT_SECONDS for a worker.
+"""
 
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,11 +18,13 @@ from conversations.models import Conversation, Message, Run, Thread
 from tests.db import fetch_row
 
 TIMEOUT = 60
+WINDOW = 15
 
 
 @pytest.fixture(autouse=True)
 def run_timeout(settings):
     settings.RUN_TIMEOUT_SECONDS = TIMEOUT
+    settings.RUN_HEARTBEAT_WINDOW_SECONDS = WINDOW
 
 
 def new_thread(session: Conversation) -> Thread:
@@ -57,7 +63,7 @@ def reap() -> str:
 
 
 def test_reap_runs_command_expires_a_stale_in_progress_run(session):
-    stale = start(new_thread(session), age_seconds=TIMEOUT + 5)
+    stale = start(new_thread(session), age_seconds=WINDOW + 5)
 
     output = reap()
 
@@ -85,9 +91,19 @@ def test_reap_runs_command_expires_a_stale_queued_run(session):
     assert_expired(stale)
 
 
+def test_a_queued_run_waits_for_a_worker_past_the_window(session):
+    # Waiting in the queue is not death: nobody beats for a queued run.
+    waiting = start(new_thread(session), age_seconds=TIMEOUT - 5, queued=True)
+
+    reap()
+
+    waiting.refresh_from_db()
+    assert waiting.status == Run.Status.QUEUED
+
+
 def test_reap_runs_command_leaves_fresh_runs_alone(session):
-    stale = start(new_thread(session), age_seconds=TIMEOUT + 5)
-    recent = start(new_thread(session), age_seconds=TIMEOUT - 5)
+    stale = start(new_thread(session), age_seconds=WINDOW + 5)
+    recent = start(new_thread(session), age_seconds=WINDOW - 5)
     fresh = start(new_thread(session))
     heartbeats = {run.pk: run.heartbeat_at for run in (recent, fresh)}
 
@@ -159,7 +175,7 @@ def test_post_on_a_thread_whose_active_run_is_stale_succeeds(api, session):
 
 def test_post_on_a_thread_whose_active_run_is_fresh_is_still_409(api, session):
     thread = new_thread(session)
-    recent = start(thread, age_seconds=TIMEOUT - 5)
+    recent = start(thread, age_seconds=WINDOW - 5)
 
     response = api.post(runs_url(thread), {"input": "Hello again"}, format="json")
 

@@ -65,7 +65,7 @@ def test_worker_maintenance_purges_expired_tokens_at_first_then_hourly(owner, re
     request.addfinalizer(lambda: maintenance.disconnect(counted))
     first = token(owner, expired=True, blacklisted=True)
     stop = threading.Event()
-    rounds_thread = threading.Thread(target=worker.maintain_forever, args=(0.01, stop))
+    rounds_thread = threading.Thread(target=worker.maintain_forever, args=(0.01, stop, 0.01))
     rounds_thread.start()
     try:
         wait_until(lambda: not stored(first), timeout=30, what="the first round's purge")
@@ -84,8 +84,8 @@ def test_worker_maintenance_purges_expired_tokens_at_first_then_hourly(owner, re
 def test_the_worker_command_purges_expired_tokens(owner):
     expired, live = token(owner, expired=True, blacklisted=True), token(owner)
 
-    # Its maintenance runs every RUN_TIMEOUT_SECONDS / 2, at least every 5 s.
-    with worker_process(threads=1, RUN_TIMEOUT_SECONDS="10") as running:
+    # Its first housekeeping round comes after one heartbeat.
+    with worker_process(threads=1, RUN_HEARTBEAT_SECONDS="1") as running:
         running.wait_for(lambda: not stored(expired), timeout=60, what="the expired token to go")
 
     assert stored(live)

@@ -3,8 +3,10 @@
 Start with ``launch.run_launch``, the one service every surface calls. Then:
 ``lifecycle`` (start, retry, claim) and ``ending`` (finish, cancel, expire), each a
 guarded change of a run's status; ``execute`` (the provider loop);
-``events`` (event names and the stored event log); ``store`` (the only
-module that knows the database vendor). The public names are gathered here.
+``events`` (event names and the stored event log); ``heartbeat`` (a
+process says it still carries its runs); ``wakeups`` (followers woken by
+notices of stored events); ``store`` (the only module that knows the
+database vendor). The public names are gathered here.
 """
 
 from .ending import run_abandon, run_cancel, run_deleted_events, run_finish, runs_expire_stale
@@ -15,10 +17,12 @@ from .lifecycle import (
     run_claim,
     run_exists,
     run_is_active,
+    run_is_live,
     run_retry,
     run_start,
     title_from_text,
 )
+from .wakeups import Watch, run_watch
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -26,6 +30,7 @@ __all__ = [
     "EventName",
     "Launch",
     "Mode",
+    "Watch",
     "release_connection",
     "run_abandon",
     "run_cancel",
@@ -37,10 +42,12 @@ __all__ = [
     "run_exists",
     "run_finish",
     "run_is_active",
+    "run_is_live",
     "run_launch",
     "run_reply_so_far",
     "run_retry",
     "run_start",
+    "run_watch",
     "runs_expire_stale",
     "title_from_text",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import metrics
@@ -22,7 +23,6 @@ from ..documents import message_document, run_document
 from ..errors import ObjectNotFound, RunNotActive
 from ..llm import Completion, FinishReason
 from ..models import (
-    ACTIVE_RUN_STATUSES,
     EventName,
     Message,
     MessageRole,
@@ -117,10 +117,14 @@ def _adopt(run: Run, ended: Run) -> None:
         setattr(run, name, getattr(ended, name))
 
 
-def _end_locked(run: Run, **ending: Any) -> list[Event]:
-    """Store the end of a run locked by the caller's transaction."""
+def _end_locked(run: Run, *, ended_elsewhere: bool = False, **ending: Any) -> list[Event]:
+    """Store the end of a run locked by the caller's transaction.
+
+    ``ended_elsewhere``: by someone other than its carrier (cancel, the
+    reaper), which its live stream hears of (``store.store_end``).
+    """
     ended, reply, rows = _ending(run, **ending)
-    store.store_end(ended, reply, rows, _END_FIELDS)
+    store.store_end(ended, reply, rows, _END_FIELDS, ended_elsewhere=ended_elsewhere)
     _adopt(run, ended)
     return expand(rows)
 
@@ -187,7 +191,7 @@ def run_cancel(*, run_id: Any) -> Run:
             raise ObjectNotFound()
         if not run.is_active:
             raise RunNotActive(details={"status": run.status})
-        _end_locked(run, status=RunStatus.CANCELLED, text=stored_text(run))
+        _end_locked(run, status=RunStatus.CANCELLED, text=stored_text(run), ended_elsewhere=True)
     metrics.run_ended(run)
     return run
 
@@ -220,6 +224,32 @@ def run_deleted_events(*, run: Run, text: str, last_seq: int) -> list[Event]:
     return expand(rows)
 
 
+def stale_runs(now: datetime) -> Q:
+    """Active runs that nobody will carry on, as of ``now``.
+
+    In progress: the heartbeat is older than ``RUN_HEARTBEAT_WINDOW_SECONDS``,
+    so its carrier died (see ``heartbeat``). Queued: it waited for a worker
+    longer than ``RUN_TIMEOUT_SECONDS`` (waiting is not dying; nobody beats
+    for a queued run).
+    """
+    window = timedelta(seconds=settings.RUN_HEARTBEAT_WINDOW_SECONDS)
+    timeout = timedelta(seconds=settings.RUN_TIMEOUT_SECONDS)
+    return Q(status=RunStatus.IN_PROGRESS, heartbeat_at__lt=now - window) | Q(
+        status=RunStatus.QUEUED, heartbeat_at__lt=now - timeout
+    )
+
+
+def is_stale(status: str, heartbeat_at: datetime | None, now: datetime) -> bool:
+    """``stale_runs`` for one run's status and heartbeat, already read."""
+    if heartbeat_at is None:
+        return False
+    if status == RunStatus.IN_PROGRESS:
+        return heartbeat_at < now - timedelta(seconds=settings.RUN_HEARTBEAT_WINDOW_SECONDS)
+    if status == RunStatus.QUEUED:
+        return heartbeat_at < now - timedelta(seconds=settings.RUN_TIMEOUT_SECONDS)
+    return False
+
+
 def runs_expire_stale(
     *,
     thread_id: Any = None,
@@ -227,15 +257,14 @@ def runs_expire_stale(
     run_ids: list[Any] | None = None,
     now: datetime | None = None,
 ) -> int:
-    """End active runs whose heartbeat is older than ``RUN_TIMEOUT_SECONDS``.
+    """End active runs that nobody will carry on (``stale_runs``) as ``expired``.
 
-    Each is re-checked under its lock, so a run that renewed its lease
+    Each is re-checked under its lock, so a run that renewed its heartbeat
     meanwhile is left alone. The text it had streamed is kept as an
     incomplete reply. Returns how many were expired.
     """
     now = now or timezone.now()
-    deadline = now - timedelta(seconds=settings.RUN_TIMEOUT_SECONDS)
-    stale = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES, heartbeat_at__lt=deadline)
+    stale = Run.objects.filter(stale_runs(now))
     if thread_id is not None:
         stale = stale.filter(thread_id=thread_id)
     if user_id is not None:
@@ -246,13 +275,14 @@ def runs_expire_stale(
     for run_id in stale.values_list("id", flat=True):
         with transaction.atomic(durable=True):
             run = locked(run_id)
-            if run is None or not run.is_active or run.heartbeat_at >= deadline:
+            if run is None or not is_stale(run.status, run.heartbeat_at, now):
                 continue
             _end_locked(
                 run,
                 status=RunStatus.EXPIRED,
                 text=stored_text(run),
                 error=(RunErrorCode.RUN_EXPIRED, "The run made no progress within the time limit."),
+                ended_elsewhere=True,
             )
         metrics.run_ended(run)
         expired += 1

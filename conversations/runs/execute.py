@@ -22,6 +22,7 @@ from ..models import Run, RunStatus
 from . import store
 from .ending import run_finish
 from .events import Event, deltas, run_events_after
+from .heartbeat import Carried, run_carried
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,29 @@ def run_execute(
 ) -> Iterator[Event]:
     """Carry out an ``in_progress`` run; yield its events as they are stored.
 
-    Each batch of pieces renews the run's heartbeat and checks that nobody
-    ended the run meanwhile (cancel, reaper): if somebody did, the provider
-    is dropped at once and the events they stored follow. Provider failures
+    The run's heartbeat is renewed while this runs (``heartbeat``), and each
+    batch of pieces checks that nobody ended the run meanwhile (cancel,
+    reaper): if somebody did, the provider is dropped at once and the
+    events they stored follow. Provider failures
     end the run as ``failed``; they are expected conditions, logged with
     their stack trace, never raised. So does a reply that ends before the
     provider says why it stopped (a stream closed early): its text is kept
     as an incomplete message. ``messages`` is the run's context when the
     caller has read it already.
     """
+    # This process carries the run until the loop below is done with it: its
+    # heartbeat is renewed meanwhile, whatever the provider does.
+    with run_carried(run.pk) as carried:
+        yield from _carry_out(run, provider, stream, messages, carried)
+
+
+def _carry_out(
+    run: Run,
+    provider: Provider,
+    stream: bool,
+    messages: list[ChatMessage] | None,
+    carried: Carried,
+) -> Iterator[Event]:
     if messages is None:
         messages = run_context(run=run)
     release_connection()
@@ -113,6 +128,7 @@ def run_execute(
     source = _provider_items(provider, messages, stream=stream)
     try:
         for item in source:
+            carried.progressed()
             if isinstance(item, Completion):
                 completion = item
                 continue

@@ -32,7 +32,7 @@ from ..models import (
     Thread,
 )
 from . import store
-from .ending import locked, runs_expire_stale
+from .ending import is_stale, locked, runs_expire_stale
 from .events import event_rows, expand
 
 logger = logging.getLogger(__name__)
@@ -352,6 +352,22 @@ def _claimed(run: Run) -> list[RunEvent]:
 def run_is_active(*, run_id: Any) -> bool:
     """Whether the run is queued or in progress."""
     return Run.objects.filter(pk=run_id, status__in=ACTIVE_RUN_STATUSES).exists()
+
+
+def run_is_live(*, run_id: Any) -> bool:
+    """Whether the run is active and still carried on; one that is not is expired here.
+
+    For followers: whoever watches a run whose carrier died sees its end
+    within the heartbeat window, whether or not a reaper runs (a web process
+    alone, say). One query, as ``run_is_active``, while the run is live.
+    """
+    row = Run.objects.filter(pk=run_id).values_list("status", "heartbeat_at").first()
+    if row is None or row[0] not in ACTIVE_RUN_STATUSES:
+        return False
+    if not is_stale(*row, timezone.now()):
+        return True
+    runs_expire_stale(run_ids=[run_id])
+    return run_is_active(run_id=run_id)
 
 
 def run_exists(*, run_id: Any) -> bool:

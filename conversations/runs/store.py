@@ -14,8 +14,8 @@ writers instead.
 """
 
 import uuid
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -310,26 +310,36 @@ def move_if_unchanged(
     UPDATE takes the row's lock, then checks, and the INSERTs happen only if
     it held. One implicit transaction; False if nothing was written. Claims
     (``bench/background.py``) and ends (every benchmark with runs) take one
-    round trip instead of four.
+    round trip instead of four. The run's followers are notified if it held.
     """
     sql, params = update(run, fields, where=("status = %s AND last_event_seq = %s", list(was)))
     held = ("EXISTS (SELECT 1 FROM moved)", [])
     *before, (last, last_params) = [insert(objs, where=held) for objs in inserts]
-    ctes = [f"moved AS ({sql} RETURNING 1)"]
+    # The run's followers hear of it on commit, if it moved (see Notices below).
+    ctes = [f"moved AS ({sql} RETURNING {_notice_sql('id::text')})"]
     for index, (insert_sql, insert_params) in enumerate(before):
         ctes.append(f"insert_{index} AS ({insert_sql})")
         params += insert_params
     return execute_together([(f"WITH {', '.join(ctes)} {last}", params + last_params)]) > 0
 
 
-def store_end(run: Run, reply: Message | None, rows: list[RunEvent], fields: Sequence[str]) -> None:
+def store_end(
+    run: Run,
+    reply: Message | None,
+    rows: list[RunEvent],
+    fields: Sequence[str],
+    *,
+    ended_elsewhere: bool = False,
+) -> None:
     """Store a locked run's ``fields``, its reply (if any) and its event rows.
 
-    In the caller's transaction. PostgreSQL: one round trip (cancel and the
-    reaper, ``bench/streams.py`` through the executor's fallback).
+    In the caller's transaction, with a notice to the run's followers
+    (``ended_elsewhere``: by someone other than its carrier, a cancel or the
+    reaper). PostgreSQL: one round trip (cancel and the reaper,
+    ``bench/streams.py`` through the executor's fallback).
     """
     if one_statement_moves():
-        writes = [insert(rows), update(run, fields)]
+        writes = [insert(rows), update(run, fields), _notice(run.pk, ended=ended_elsewhere)]
         if reply is not None:
             writes.insert(0, insert([reply]))
         send(writes)
@@ -355,9 +365,10 @@ def write_delta_batches(batches: list[DeltaBatch]) -> list[int | None]:
     The hottest write of streaming (``bench/streams.py``), so on PostgreSQL
     one statement: the UPDATE takes each run's row lock (ordering it against
     cancel and the reaper), renews its heartbeat, reserves its batch's
-    sequence numbers, and feeds the INSERT; a run that is not in progress
-    any more is left out. SQLite cannot UPDATE inside a WITH: there it is
-    two statements a run, in one transaction.
+    sequence numbers, notifies its followers (on commit), and feeds the
+    INSERT; a run that is not in progress any more is left out. SQLite
+    cannot UPDATE inside a WITH: there it is two statements a run, in one
+    transaction.
     """
     now = timezone_now()
     run_table, event_table = Run._meta.db_table, RunEvent._meta.db_table
@@ -373,7 +384,8 @@ def write_delta_batches(batches: list[DeltaBatch]) -> list[int | None]:
             f"claimed AS (UPDATE {run_table} AS r "
             "SET last_event_seq = r.last_event_seq + batch.count, heartbeat_at = %s "
             "FROM batch WHERE r.id = batch.run_id AND r.status = %s "
-            "RETURNING r.id, r.last_event_seq, batch.count, batch.data) "
+            "RETURNING r.id, r.last_event_seq, batch.count, batch.data, "
+            f"{_notice_sql('r.id::text')}) "
             f"INSERT INTO {event_table} (run_id, seq, last_seq, event, data, created_at) "
             "SELECT id, last_event_seq - count + 1, last_event_seq, %s, data, %s "
             "FROM claimed RETURNING run_id, last_seq"
@@ -408,6 +420,84 @@ def write_delta_batches(batches: list[DeltaBatch]) -> list[int | None]:
                 )
         RunEvent.objects.bulk_create(events)
     return results
+
+
+# Notices (PostgreSQL) ---------------------------------------------------------
+#
+# Followers of a run wake on a notice rather than polling for its events
+# (``bench/idle_followers.py``: the queries of idle followers, and the delay
+# from a stored piece to a follower). Every write that stores a run's events
+# sends ``NOTIFY`` in its own transaction, so the notice comes on commit, once
+# the events can be read; the payload is the run's id, with `` ended`` when
+# someone other than its carrier ended it (cancel, the reaper, a deletion),
+# which is all a live stream needs to hear. PostgreSQL folds equal notices of
+# one transaction into one.
+
+NOTICE_CHANNEL = "chatbot_run_events"
+_ENDED = " ended"
+
+
+def _notice_sql(run_id_sql: str) -> str:
+    """PostgreSQL: an expression that notifies the followers of the run ``run_id_sql`` names."""
+    return f"pg_notify('{NOTICE_CHANNEL}', {run_id_sql})"
+
+
+def _notice(run_id: Any, *, ended: bool) -> Statement:
+    payload = str(run_id) + (_ENDED if ended else "")
+    return f"SELECT {_notice_sql('%s')}", [payload]
+
+
+def notices_supported() -> bool:
+    """Whether writes notify followers (PostgreSQL); elsewhere followers poll."""
+    return connection.vendor == "postgresql"
+
+
+def notify_deleted(runs: models.QuerySet) -> None:
+    """In the transaction that deletes ``runs``: tell the followers of the active ones.
+
+    Their rows go with their session or thread, and their end with them:
+    each stream makes up the end itself once woken (``run_deleted_events``).
+    PostgreSQL: one statement more in the deletion's transaction.
+    """
+    if not notices_supported():
+        return
+    active_runs = runs.filter(status__in=ACTIVE_RUN_STATUSES).values("id")
+    active, params = active_runs.query.sql_with_params()
+    notice = _notice_sql(f"active.id::text || '{_ENDED}'")
+    send([(f"SELECT {notice} FROM ({active}) AS active", list(params))])  # noqa: S608
+
+
+def parse_notice(payload: str) -> tuple[str, bool]:
+    """(the run's id, whether it was ended by someone other than its carrier)."""
+    if payload.endswith(_ENDED):
+        return payload[: -len(_ENDED)], True
+    return payload, False
+
+
+@contextmanager
+def notice_listener() -> Iterator[Callable[[float], Iterator[str]]]:
+    """PostgreSQL: a connection of its own that listens for notices, while the block lasts.
+
+    Gives ``notices(timeout)``, which yields each notice's payload as it
+    comes, for at most ``timeout`` seconds. Not from the pool: it is held
+    for good, and a pooled connection goes back to others. Errors are
+    Django's (``django.db.Error``).
+    """
+    with connection.wrap_database_errors:
+        params = connection.get_connection_params()
+        listening = connection.Database.connect(**params, autocommit=True)
+    try:
+        with connection.wrap_database_errors:
+            listening.execute(f"LISTEN {NOTICE_CHANNEL}")
+
+        def notices(timeout: float) -> Iterator[str]:
+            with connection.wrap_database_errors:
+                for notice in listening.notifies(timeout=timeout):
+                    yield notice.payload
+
+        yield notices
+    finally:
+        listening.close()
 
 
 def newest_messages(thread_id: Any, limit: int) -> list[tuple[str, str]]:

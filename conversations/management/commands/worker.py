@@ -24,22 +24,30 @@ logger = logging.getLogger(__name__)
 # Some records are looked for hourly, not every round: expired refresh
 # tokens, say, whose table has no index on their expiry.
 HOURLY = 3600
+# Records are dropped this often; stale runs are looked for at every beat.
+HOUSEKEEPING_SECONDS = 60.0
 
 
-def maintain_forever(interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds until ``stop``: beat, expire stale runs, drop old records.
+def maintain_forever(
+    interval: float, stop: threading.Event, housekeeping: float = HOUSEKEEPING_SECONDS
+) -> None:
+    """Every ``interval`` seconds until ``stop``: beat, expire stale runs, now and then prune.
 
     The heartbeat (``chatbot_worker_last_heartbeat_timestamp_seconds``) says
-    this loop, and so the database, is reachable from the worker. The other
-    apps' records go through the ``maintenance`` signal (sent with
-    ``hourly`` True in the first round that gets that far, then every
-    ``HOURLY`` seconds), so the domain does not import them.
+    this loop, and so the database, is reachable from the worker. Records go
+    every ``housekeeping`` seconds (from the first round). The other apps'
+    go through the ``maintenance`` signal (sent with ``hourly`` True in the
+    first round that gets that far, then every ``HOURLY`` seconds), so the
+    domain does not import them.
     """
-    hourly_due = time.monotonic()
+    housekeeping_due = hourly_due = time.monotonic()
     while not stop.wait(interval):
         try:
             worker_heartbeat_record()
             runs_expire_stale()
+            if time.monotonic() < housekeeping_due:
+                continue
+            housekeeping_due = time.monotonic() + housekeeping
             prune_task_results()
             hourly = time.monotonic() >= hourly_due
             maintenance.send(sender=None, hourly=hourly)
@@ -57,9 +65,10 @@ class Command(BaseCommand):
     help = (
         "Start the worker that carries out background runs (huey with thread workers "
         "by default; WORKER_THREADS at once). Expires stale runs at start and then "
-        "periodically, so runs of a crashed worker end as expired; drops expired "
-        "idempotency records and refresh tokens; records its heartbeat; serves its "
-        "metrics on WORKER_METRICS_BIND when that and METRICS_TOKEN are set."
+        "every RUN_HEARTBEAT_SECONDS, so runs of a crashed process end as expired within "
+        "the heartbeat window; drops expired idempotency records and refresh tokens; "
+        "records its heartbeat; serves its metrics on WORKER_METRICS_BIND when that and "
+        "METRICS_TOKEN are set."
     )
 
     def add_arguments(self, parser) -> None:
@@ -85,9 +94,13 @@ class Command(BaseCommand):
                 self.stdout.write(said)
 
         stop = threading.Event()
-        interval = max(5.0, min(60.0, settings.RUN_TIMEOUT_SECONDS / 2))
+        # A run whose carrier died is expired within the heartbeat window
+        # plus one beat: looking once a beat costs one indexed query.
         threading.Thread(
-            target=maintain_forever, args=(interval, stop), name="maintenance", daemon=True
+            target=maintain_forever,
+            args=(settings.RUN_HEARTBEAT_SECONDS, stop),
+            name="maintenance",
+            daemon=True,
         ).start()
 
         consumer_options = dict(settings.HUEY.get("consumer", {}))
