@@ -673,6 +673,8 @@ function deleteThreadConfirm(row, thread) {
   box.className = "inline-form";
   box.setAttribute("role", "group");
   const question = document.createElement("p");
+  question.id = `delete-question-${thread.id}`;
+  box.setAttribute("aria-labelledby", question.id);
   question.textContent = `Delete “${threadTitle(thread)}” and its messages?`;
   const yes = document.createElement("button");
   yes.type = "button";
@@ -768,9 +770,11 @@ async function openThread(threadId) {
   } finally {
     messages.removeAttribute("aria-busy");
   }
-  showFeedback(threadId);
+  const run = await newestRun(threadId);
+  const active = run && ACTIVE_RUN.has(run.status) ? run : null;
+  showStoredState(threadId, active);
   // Not awaited: following a reply lasts as long as the reply.
-  resumeActiveRun(threadId).catch((error) => report(error, $("composer-error")));
+  if (active) followActiveRun(threadId, active).catch((error) => report(error, $("composer-error")));
 }
 
 // ------------------------------------------------------------- messages
@@ -848,17 +852,24 @@ async function giveFeedback(article, kind) {
   }
 }
 
-// ChatKit items carry no feedback: the REST messages do.
-async function showFeedback(threadId) {
+// ChatKit items say neither what feedback a reply got nor whether it was
+// cut short: the REST messages do (the newest hundred).
+async function showStoredState(threadId, activeRun) {
+  const writing = activeRun && activeRun.output_message ? activeRun.output_message.id : null;
   try {
     const path = `/chatkit/sessions/${state.sessionId}/threads/${threadId}/messages?order=desc&limit=100`;
     for (const message of await rest("GET", path)) {
-      if (!message.feedback || state.threadId !== threadId) continue;
+      if (state.threadId !== threadId) return;
       const article = $("messages").querySelector(`[data-item-id="${CSS.escape(message.id)}"]`);
-      if (article) setFeedback(article, message.feedback);
+      if (!article || message.role !== "assistant") continue;
+      if (message.feedback) setFeedback(article, message.feedback);
+      const note = article.querySelector(".note");
+      if (message.status === "incomplete" && message.id !== writing && !note.textContent) {
+        say(note, "This reply was cut short.");
+      }
     }
   } catch {
-    // Only the thumbs' state: the conversation is shown all the same.
+    // Only the thumbs and notes: the conversation is shown all the same.
   }
 }
 
@@ -910,7 +921,6 @@ function beginTurn(kind) {
   const turn = { kind, controller: new AbortController(), reply: null, ended: false, stopping: false };
   state.turn = turn;
   setBusy(true);
-  say($("composer-error"), "");
   say($("reply-status"), "The assistant is writing a reply.");
   return turn;
 }
@@ -967,6 +977,7 @@ function showFailure(article, reason) {
 
 async function sendMessage(text) {
   const threadId = state.threadId;
+  say($("composer-error"), "");
   const turn = beginTurn("chatkit");
   const pending = messageElement({ type: "user_message", content: [{ text }] });
   pending.classList.add("pending");
@@ -993,6 +1004,10 @@ async function sendMessage(text) {
     endTurn(turn, "");
     if (!$("composer-input").value) $("composer-input").value = text;
     report(error, $("composer-error"));
+    if (threadId && error instanceof ApiError && error.code === "RUN_IN_PROGRESS") {
+      // Another tab's reply: show it being written here too.
+      resumeActiveRun(threadId).catch((failure) => report(failure, $("composer-error")));
+    }
     return;
   }
   await carryTurn(turn, response, threadId, pending);
@@ -1003,6 +1018,7 @@ async function retryReply(article) {
   while (user && !user.classList.contains("from-user")) user = user.previousElementSibling;
   if (!user || !user.dataset.itemId) return;
   const threadId = state.threadId;
+  say($("composer-error"), "");
   const turn = beginTurn("chatkit");
   // What followed the user's message is superseded by the new reply.
   const removed = [];
@@ -1112,7 +1128,11 @@ async function carryTurn(turn, response, threadId, pending) {
 // written is found over REST and followed from its stored events.
 async function resumeActiveRun(threadId) {
   const run = await newestRun(threadId);
-  if (!run || !ACTIVE_RUN.has(run.status) || state.threadId !== threadId) return;
+  if (run && ACTIVE_RUN.has(run.status)) await followActiveRun(threadId, run);
+}
+
+async function followActiveRun(threadId, run) {
+  if (state.threadId !== threadId) return;
   const turn = beginTurn("follow");
   turn.runId = run.id;
   await followRun(turn, threadId, run.id);
@@ -1128,7 +1148,15 @@ async function followRun(turn, threadId, runId) {
     if (turn.ended) return;
     if (message.event === "done") return;
     const data = JSON.parse(message.data);
-    if (message.event === "message.delta") {
+    if (message.event === "message.created" && data.role === "user") {
+      // Sent from another tab after this one loaded the thread.
+      const known = $("messages").querySelector(`[data-item-id="${CSS.escape(data.id)}"]`);
+      if (!known) {
+        $("messages").append(
+          messageElement({ type: "user_message", id: data.id, content: [{ text: data.content }] }),
+        );
+      }
+    } else if (message.event === "message.delta") {
       text += data.delta;
       catchUpText(replyElement(turn, data.message_id), text);
       scrollToEnd();
