@@ -117,6 +117,18 @@ class ApiReader:
     def get(self, path: str) -> Any:
         return self.call("GET", "/api/v1/chatkit" + path)["data"]
 
+    def cancel_active_runs(self) -> int:
+        """Cancel every run of the user still queued or in progress; how many there were."""
+        cancelled = 0
+        for session in self.get("/sessions?limit=100"):
+            for thread in self.get(f"/sessions/{session['id']}/threads?limit=100"):
+                runs = f"/sessions/{session['id']}/threads/{thread['id']}/runs"
+                for run in self.get(runs):
+                    if run["status"] in ("queued", "in_progress"):
+                        self.call("POST", f"/api/v1/chatkit{runs}/{run['id']}/cancel")
+                        cancelled += 1
+        return cancelled
+
     def status(self, method: str, path: str, body: Any = None) -> int:
         try:
             self.call(method, path, body)

@@ -95,7 +95,7 @@ def test_a_second_thread_keeps_the_first(page):
 
 def test_stop_keeps_the_partial_reply(page, page_server):
     username = sign_up(page)
-    text = words(80, "stop")
+    text = words(60, "stop")
     send(page, text)
     last_reply_partial(page, echo(text))
     page.click("#stop")
@@ -115,7 +115,8 @@ def test_stop_keeps_the_partial_reply(page, page_server):
 
 def test_a_reload_mid_reply_picks_the_reply_up_and_shows_it_finish(page, page_server):
     username = sign_up(page)
-    text = words(80, "reload")
+    # Five seconds of reply: time enough for a reload on a busy machine.
+    text = words(100, "reload")
     send(page, text)
     before = last_reply_partial(page, echo(text))
     page.reload()
@@ -282,14 +283,14 @@ def test_a_revoked_sign_in_asks_to_sign_in_again(page, page_server):
 
 
 def test_errors_are_sentences_in_place(context, page, page_server):
-    sign_up(page)
+    username = sign_up(page)
     send(page, "hello")
     expect(page.locator(REPLIES)).to_have_text([echo("hello")])
     # 409: a second tab on the same thread writes while the first's reply runs.
     other = context.new_page()
     other.goto(page.url)
     expect(other.locator(REPLIES)).to_have_text([echo("hello")])
-    text = words(60, "busy")
+    text = words(100, "busy")
     send(page, text)
     last_reply_partial(page, echo(text))
     send(other, "me too")
@@ -323,6 +324,8 @@ def test_errors_are_sentences_in_place(context, page, page_server):
     )
     page.fill("#composer-input", "")
     shot(page, "17-error-413")
+    # The long replies would outlive the test.
+    ApiReader(page_server, username).cancel_active_runs()
 
 
 def test_503_and_other_statuses_read_as_sentences(page):

@@ -903,7 +903,6 @@ function scrollToEnd() {
 function setBusy(busy) {
   show($("stop"), busy);
   $("send").disabled = busy;
-  $("messages").classList.toggle("busy", busy);
   markLastReply();
 }
 
@@ -916,9 +915,9 @@ function stopTurn() {
   setBusy(false);
 }
 
-function beginTurn(kind) {
+function beginTurn() {
   stopTurn();
-  const turn = { kind, controller: new AbortController(), reply: null, ended: false, stopping: false };
+  const turn = { controller: new AbortController(), reply: null, ended: false, stopping: false };
   state.turn = turn;
   setBusy(true);
   say($("reply-status"), "The assistant is writing a reply.");
@@ -978,7 +977,7 @@ function showFailure(article, reason) {
 async function sendMessage(text) {
   const threadId = state.threadId;
   say($("composer-error"), "");
-  const turn = beginTurn("chatkit");
+  const turn = beginTurn();
   const pending = messageElement({ type: "user_message", content: [{ text }] });
   pending.classList.add("pending");
   $("messages").append(pending);
@@ -999,9 +998,11 @@ async function sendMessage(text) {
           turn.controller.signal,
         );
   } catch (error) {
-    // Nothing was stored: the words go back into the box.
     pending.remove();
     endTurn(turn, "");
+    // Left for another thread meanwhile: nothing to say here.
+    if (error.name === "AbortError") return;
+    // Nothing was stored: the words go back into the box.
     if (!$("composer-input").value) $("composer-input").value = text;
     report(error, $("composer-error"));
     if (threadId && error instanceof ApiError && error.code === "RUN_IN_PROGRESS") {
@@ -1019,7 +1020,7 @@ async function retryReply(article) {
   if (!user || !user.dataset.itemId) return;
   const threadId = state.threadId;
   say($("composer-error"), "");
-  const turn = beginTurn("chatkit");
+  const turn = beginTurn();
   // What followed the user's message is superseded by the new reply.
   const removed = [];
   while (user.nextElementSibling) {
@@ -1133,7 +1134,7 @@ async function resumeActiveRun(threadId) {
 
 async function followActiveRun(threadId, run) {
   if (state.threadId !== threadId) return;
-  const turn = beginTurn("follow");
+  const turn = beginTurn();
   turn.runId = run.id;
   await followRun(turn, threadId, run.id);
 }
