@@ -360,6 +360,17 @@ async function signIn(username, password) {
   await enterApp();
 }
 
+// A form's submit button is off while its request runs: one sign-in at a time.
+async function whileSubmitting(form, action) {
+  const button = form.querySelector("[type=submit]");
+  button.disabled = true;
+  try {
+    return await action();
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function bindAuthForms() {
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -373,7 +384,7 @@ function bindAuthForms() {
       return;
     }
     try {
-      await signIn(username, password);
+      await whileSubmitting(form, () => signIn(username, password));
       form.reset();
     } catch (failure) {
       say(
@@ -396,8 +407,10 @@ function bindAuthForms() {
       return;
     }
     try {
-      await postAnonymous("/auth/register", { username, password });
-      await signIn(username, password);
+      await whileSubmitting(form, async () => {
+        await postAnonymous("/auth/register", { username, password });
+        await signIn(username, password);
+      });
       form.reset();
     } catch (failure) {
       say(error, errorSentence(failure));
@@ -417,8 +430,15 @@ function bindAuthForms() {
   });
 }
 
+// The chat is shown once its session and threads are in place, so nothing
+// typed into it can race their loading.
 async function enterApp() {
   state.user = await rest("GET", "/auth/me");
+  const wanted = locationWants();
+  await loadSessions();
+  let session = state.sessions.find((each) => each.id === wanted.sessionId) || state.sessions[0];
+  if (!session) session = await createSession();
+  await selectSession(session.id, wanted.sessionId === session.id ? wanted.threadId : null);
   show($("loading"), false);
   show($("auth"), false);
   show($("app"), true);
@@ -426,11 +446,6 @@ async function enterApp() {
   show($("menu-toggle"), true);
   say($("whoami"), `Signed in as ${state.user.username}`);
   show($("whoami"), true);
-  const wanted = locationWants();
-  await loadSessions();
-  let session = state.sessions.find((each) => each.id === wanted.sessionId) || state.sessions[0];
-  if (!session) session = await createSession();
-  await selectSession(session.id, wanted.sessionId === session.id ? wanted.threadId : null);
   $("composer-input").focus();
 }
 
