@@ -199,6 +199,33 @@ def test_rename_and_delete_a_thread(page, page_server):
     assert api.get(f"/sessions/{sid}/threads") == []
 
 
+def test_a_session_renamed_instructed_and_deleted(page, page_server):
+    username = sign_up(page)
+    api = ApiReader(page_server, username)
+    first = session_id(page)
+    page.get_by_role("button", name="Rename", exact=True).click()
+    page.get_by_label("New name for the session").fill("Work")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#session-select option")).to_have_text(["Work"])
+    page.locator("#instructions-panel summary").click()
+    page.get_by_label("What the assistant is told").fill("Answer in French.")
+    page.get_by_role("button", name="Save instructions").click()
+    expect(page.locator("#instructions-status")).to_have_text("Instructions saved.")
+    shot(page, "22-session-instructions")
+    stored = api.get(f"/sessions/{first}")
+    assert (stored["title"], stored["instructions"]) == ("Work", "Answer in French.")
+    page.get_by_role("button", name="New session").click()
+    expect(page.locator("#session-select option")).to_have_count(2)
+    expect(page.get_by_label("What the assistant is told")).to_have_value("")
+    page.locator("#session-select").select_option(label="Work")
+    expect(page.get_by_label("What the assistant is told")).to_have_value("Answer in French.")
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_role("button", name="Delete session").click()
+    expect(page.locator("#session-select option")).to_have_count(1)
+    assert [session["id"] for session in api.get("/sessions")] == [session_id(page)]
+    assert session_id(page) != first
+
+
 def test_markup_in_messages_is_shown_as_text(page, watch):
     sign_up(page)
     markup = "<img src=x onerror=alert(1)> <script>alert(2)</script> <b>bold</b>"
