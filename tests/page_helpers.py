@@ -25,6 +25,7 @@ expect.set_options(timeout=15_000)
 
 # Each per-test user signs up from 127.0.0.1, past the default 20/min.
 PAGE_SERVER_ENV = {
+    "DJANGO_SETTINGS_MODULE": "tests.page_settings",
     "THROTTLE_AUTH": "1000/min",
     "WEB_THREADS": "16",
     # Each word of an echo reply 50 ms after the last: a reply of 80 words
