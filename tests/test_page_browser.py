@@ -226,6 +226,30 @@ def test_a_session_renamed_instructed_and_deleted(page, page_server):
     assert session_id(page) != first
 
 
+def test_a_long_history_is_shown_whole_and_in_order(page, page_server):
+    username = sign_up(page)
+    send(page, "turn 0")
+    expect(page.locator(REPLIES)).to_have_text([echo("turn 0")])
+    # More turns than a page of items (20), written over REST meanwhile.
+    api = ApiReader(page_server, username)
+    runs = f"/api/v1/chatkit/sessions/{session_id(page)}/threads/{thread_id(page)}/runs"
+    for turn in range(1, 13):
+        api.call("POST", runs, {"input": f"turn {turn}"})
+    protocol_types = []
+    page.on(
+        "request",
+        lambda request: (
+            request.url.endswith("/chatkit")
+            and protocol_types.append(request.post_data_json["type"])
+        ),
+    )
+    page.reload()
+    expect(page.locator(USER_TEXTS)).to_have_text([f"turn {turn}" for turn in range(13)])
+    expect(page.locator(REPLIES)).to_have_text([echo(f"turn {turn}") for turn in range(13)])
+    # The thread's first page, then the rest.
+    assert protocol_types == ["threads.list", "threads.get_by_id", "items.list"]
+
+
 def test_markup_in_messages_is_shown_as_text(page, watch):
     sign_up(page)
     markup = "<img src=x onerror=alert(1)> <script>alert(2)</script> <b>bold</b>"
