@@ -80,20 +80,27 @@ def context(transactional_db, browser, page_server) -> Iterator[BrowserContext]:
 
 
 class PageWatch:
-    """What a page did that it should not: dialogs, script errors, foreign requests."""
+    """What a page did that it should not: dialogs, script errors, foreign requests,
+    and anything its Content-Security-Policy refused (the policy would break it)."""
 
     def __init__(self, page: Page, origin: str) -> None:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         self.foreign: list[str] = []
+        self.refused: list[str] = []
         self.origin = origin
         page.on("dialog", self._dialog)
+        page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("request", self._request)
 
     def _dialog(self, dialog) -> None:
         self.dialogs.append(dialog.message)
         dialog.dismiss()
+
+    def _console(self, message) -> None:
+        if "Content Security Policy" in message.text:
+            self.refused.append(message.text)
 
     def _request(self, request) -> None:
         if not request.url.startswith(self.origin + "/"):
@@ -102,13 +109,14 @@ class PageWatch:
 
 @pytest.fixture
 def watched(context, page_server) -> Iterator[tuple[Page, PageWatch]]:
-    """A page of a fresh context and its watch; a dialog, script error or foreign request fails."""
+    """A page of a fresh context and its watch; what the watch saw fails the test."""
     page = context.new_page()
     watch = PageWatch(page, page_server)
     yield page, watch
     assert watch.dialogs == [], watch.dialogs
     assert watch.errors == [], watch.errors
     assert watch.foreign == [], watch.foreign
+    assert watch.refused == [], watch.refused
 
 
 @pytest.fixture
