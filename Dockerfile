@@ -1,6 +1,10 @@
-# One image for the API and the worker:
-#   docker run -e SECRET_KEY=... -e DATABASE_URL=... -p 8000:8000 IMAGE
-#   docker run -e SECRET_KEY=... -e DATABASE_URL=... IMAGE python manage.py worker
+# One image for the API, the worker and the migrations (README, Production):
+#   docker run --rm --env-file chatbot.env IMAGE python manage.py migrate --noinput   # once per release, first
+#   docker run --env-file chatbot.env -p 8000:8000 IMAGE                             # web, any number
+#   docker run --env-file chatbot.env IMAGE python manage.py worker                  # worker, any number
+# Nothing migrates when a container starts: with replicas, each one would
+# (at once, on every restart). A web container started before the
+# migration runs answers /readyz with 503 until it has run.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,4 +24,4 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
 USER chatbot
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn -c gunicorn.conf.py chatbot_project.wsgi"]
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "chatbot_project.wsgi"]

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint migrations-check lock audit
+.PHONY: install run test fleet lint migrations-check lock audit
 
 # requirements-dev.txt is the product's locked tree plus the test tools, every
 # package pinned with its hashes.
@@ -29,6 +29,13 @@ run: install
 # Tests run with DEBUG off, as in production; the key below signs test tokens only.
 test: install
 	SECRET_KEY=$${SECRET_KEY:-test-only-insecure-signing-key-0123456789abcdef} $(PY) -m pytest $(PYTEST_ARGS)
+
+# Web instances and workers behind nginx on this machine, on one PostgreSQL
+# (DATABASE_URL) and one Redis; Ctrl-C stops them all (deploy/fleet.py --help).
+WEB ?= 2
+WORKERS ?= 2
+fleet: install
+	$(PY) deploy/fleet.py --web $(WEB) --workers $(WORKERS)
 
 lint: install
 	$(PY) -m ruff check .

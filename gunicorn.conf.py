@@ -8,9 +8,18 @@ DB_POOL_MAX_SIZE database connections, however many threads it has.
 MAX_STREAMS_PER_USER (8) and MAX_ACTIVE_RUNS_PER_USER (4) keep one user from
 holding more than a few of the 2 x 128 threads; keep them well below
 WEB_CONCURRENCY x WEB_THREADS.
+
+Metrics (README, Metrics): with METRICS_TOKEN set, the worker processes
+write their metrics to files in PROMETHEUS_MULTIPROC_DIR, which any one of
+them adds up when scraped. The directory is this server's alone: it is
+emptied at start, and each dead worker's live gauges are dropped. Unset, a
+temporary directory is made for this server and removed when it stops.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -60,3 +69,40 @@ def post_worker_init(worker) -> None:
     import_module(settings.ROOT_URLCONF)
     gc.collect()
     gc.freeze()
+
+
+_METRICS_DIR_PREFIX = "chatbot-metrics-"
+
+
+def on_starting(server) -> None:
+    # Before any worker is forked (and imports prometheus_client, which
+    # reads the variable once): every worker writes to the same directory.
+    if not os.environ.get("METRICS_TOKEN"):
+        return
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
+        return
+    # A previous run's files would be added to this one's: its live gauges
+    # for good (their processes are gone without a child_exit).
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for stale in Path(directory).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker) -> None:
+    # A dead worker's counters and histograms stay in the sums; its live
+    # gauges (open event streams) must not.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    # Only the directory on_starting made.
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    if directory.parent == Path(tempfile.gettempdir()) and directory.name.startswith(
+        _METRICS_DIR_PREFIX
+    ):
+        shutil.rmtree(directory, ignore_errors=True)

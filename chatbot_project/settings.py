@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as default_cors_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
@@ -75,9 +77,19 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: it times and counts every request, however it is answered.
+    "chatkit.metrics.HTTPMetricsMiddleware",
     "chatkit.middleware.RequestIDMiddleware",
     # Outside the others, so that it sees the response as they left it.
     "chatkit.middleware.HeadWithoutBodyMiddleware",
+    # Before anything that answers by itself (the 413 below, CommonMiddleware),
+    # so that a browser may read those answers too; it answers preflights.
+    "corsheaders.middleware.CorsMiddleware",
+    # /metrics to METRICS_TOKEN's holder, by any Host and over plain HTTP
+    # (Prometheus scrapes each instance by its address, behind the TLS
+    # proxy). Without the token the request goes on like any other, to the
+    # redirect, 400 or 404 of a path that does not exist.
+    "chatkit.metrics.MetricsEndpointMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Above the probes, so that their answers carry it too.
@@ -94,6 +106,19 @@ MIDDLEWARE = [
     # still runs before any view reads the body.
     "chatkit.middleware.BodySizeLimitMiddleware",
 ]
+
+# Browsers on these origins may call the API (ChatKit JS, a front end served
+# elsewhere): comma-separated, scheme and host (https://app.example.com).
+# Credentials are bearer tokens, not cookies, so none are allowed.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = (
+    *default_cors_headers,
+    "idempotency-key",
+    "last-event-id",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "Idempotent-Replayed"]
 
 ROOT_URLCONF = "chatbot_project.urls"
 WSGI_APPLICATION = "chatbot_project.wsgi.application"
@@ -329,6 +354,17 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+
+# Metrics (README, Metrics): GET /metrics answers only to
+# "Authorization: Bearer <METRICS_TOKEN>"; unset, there is no such endpoint.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# host:port on which `manage.py worker` serves its own /metrics (the runs it
+# carries out); empty: none.
+WORKER_METRICS_BIND = os.environ.get("WORKER_METRICS_BIND", "")
+if WORKER_METRICS_BIND and not WORKER_METRICS_BIND.rpartition(":")[2].isdigit():
+    raise ImproperlyConfigured("WORKER_METRICS_BIND must be host:port, e.g. 0.0.0.0:9101")
 
 # Runs and providers.
 RUN_TIMEOUT_SECONDS = env_int("RUN_TIMEOUT_SECONDS", 300)

@@ -7,6 +7,14 @@ from rest_framework import serializers
 
 from conversations.validators import validate_metadata
 
+# Patterns of the OpenAPI document. Strings the API stores may not hold NUL
+# (PostgreSQL cannot store it).
+NO_NUL = "^[^\\x00]*$"
+# Python's str.isspace() characters, spelled out: a run's input must have
+# something else, and regex engines disagree on what \s means.
+_SPACE = "\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+NOT_ONLY_SPACE = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+
 
 class MetadataField(serializers.JSONField):
     """The contract's metadata: at most 16 string keys with string values."""

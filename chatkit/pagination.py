@@ -20,15 +20,67 @@ from conversations.runs.store import rows_beyond
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-_NO_SUCH_ITEM = "No item with this id in the list."
+NO_SUCH_ITEM = "No item with this id in the list."
 
 
 @dataclass(frozen=True)
 class PageParams:
     limit: int
     descending: bool
-    after: Any
-    before: Any
+    after: Any = None
+    before: Any = None
+
+
+class CursorNotInList(Exception):
+    """A cursor (``after`` or ``before``) that is not an item of the list."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def keyset_page(
+    queryset: QuerySet, params: PageParams, parent: tuple[str, Any]
+) -> tuple[list, bool]:
+    """One page of ``queryset`` as ``params`` ask: (items, has_more).
+
+    ``parent`` is the field and value that make the list (``("thread",
+    thread.pk)``), which a cursor must share. A cursor that is not an item
+    of the list raises ``CursorNotInList``.
+    """
+    descending = params.descending
+    ordering = ("-created_at", "-id") if descending else ("created_at", "id")
+    backwards = ("created_at", "id") if descending else ("-created_at", "-id")
+
+    page_query = queryset
+    cursors = {}
+    if params.after is not None:
+        cursors["after"] = cursor = _cursor(params.after, "after")
+        page_query = page_query.filter(rows_beyond(queryset.model, cursor, descending, parent))
+    if params.before is not None:
+        cursors["before"] = cursor = _cursor(params.before, "before")
+        page_query = page_query.filter(rows_beyond(queryset.model, cursor, not descending, parent))
+
+    if params.before is not None and params.after is None:
+        # Walk backwards from the cursor, then restore the chosen order.
+        rows = list(page_query.order_by(*backwards)[: params.limit + 1])
+        page = rows[: params.limit][::-1]
+    else:
+        rows = list(page_query.order_by(*ordering)[: params.limit + 1])
+        page = rows[: params.limit]
+    if not rows:
+        # A cursor missing from the list also gives no rows: tell the two apart.
+        for name, cursor_id in cursors.items():
+            if not queryset.filter(pk=cursor_id).exists():
+                raise CursorNotInList(name)
+    return page, len(rows) > params.limit
+
+
+def _cursor(raw: Any, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise CursorNotInList(name) from None
 
 
 class KeysetPagination(BasePagination):
@@ -41,37 +93,12 @@ class KeysetPagination(BasePagination):
 
     def paginate_queryset(self, queryset: QuerySet, request: Request, view=None) -> list:
         params = self._params(request, getattr(view, "default_order", "desc"))
-        descending = params.descending
-        ordering = ("-created_at", "-id") if descending else ("created_at", "id")
-        backwards = ("created_at", "id") if descending else ("-created_at", "-id")
-
-        page_query = queryset
-        cursors = {}
-        if params.after is not None or params.before is not None:
-            parent = view.list_parent()
-        if params.after is not None:
-            cursors["after"] = cursor = self._cursor(queryset, params.after, "after")
-            page_query = page_query.filter(rows_beyond(queryset.model, cursor, descending, parent))
-        if params.before is not None:
-            cursors["before"] = cursor = self._cursor(queryset, params.before, "before")
-            page_query = page_query.filter(
-                rows_beyond(queryset.model, cursor, not descending, parent)
-            )
-
-        if params.before is not None and params.after is None:
-            # Walk backwards from the cursor, then restore the chosen order.
-            rows = list(page_query.order_by(*backwards)[: params.limit + 1])
-            self.has_more = len(rows) > params.limit
-            self.page = rows[: params.limit][::-1]
-        else:
-            rows = list(page_query.order_by(*ordering)[: params.limit + 1])
-            self.has_more = len(rows) > params.limit
-            self.page = rows[: params.limit]
-        if not rows:
-            # A cursor missing from the list also gives no rows: tell the two apart.
-            for name, cursor_id in cursors.items():
-                if not queryset.filter(pk=cursor_id).exists():
-                    raise ValidationError({name: [_NO_SUCH_ITEM]})
+        cursor = params.after is not None or params.before is not None
+        parent = view.list_parent() if cursor else None
+        try:
+            self.page, self.has_more = keyset_page(queryset, params, parent)
+        except CursorNotInList as missing:
+            raise ValidationError({missing.name: [NO_SUCH_ITEM]}) from None
         return self.page
 
     def get_paginated_response(self, data: list) -> Response:
@@ -116,13 +143,6 @@ class KeysetPagination(BasePagination):
             after=query.get("after"),
             before=query.get("before"),
         )
-
-    @staticmethod
-    def _cursor(queryset: QuerySet, raw: str, name: str) -> uuid.UUID:
-        try:
-            return uuid.UUID(raw)
-        except ValueError:
-            raise ValidationError({name: [_NO_SUCH_ITEM]}) from None
 
     def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:
         default_order = getattr(view, "default_order", "desc")

@@ -25,18 +25,12 @@ from conversations.validators import (
     METADATA_MAX_VALUE_LENGTH,
 )
 
+from . import protocol_schema
 from .exceptions import ERRORS
-from .fields import MetadataField, NonBlankTextField
+from .fields import NO_NUL, NOT_ONLY_SPACE, MetadataField, NonBlankTextField
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import REPLAYED_HEADER, IdempotentPostMixin
 from .middleware import REQUEST_ID_HEADER
-
-# Strings the API stores may not hold NUL (PostgreSQL cannot store it).
-NO_NUL = "^[^\\x00]*$"
-# Python's str.isspace() characters, spelled out: a run's input must have
-# something else, and regex engines disagree on what \s means.
-_SPACE = "\\x09-\\x0d\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-NOT_ONLY_SPACE = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -225,7 +219,8 @@ class ChatkitAutoSchema(AutoSchema):
         responses = operation["responses"]
         for response in responses.values():
             stream = response.get("content", {}).get("text/event-stream")
-            if stream is not None:
+            # A run's events, unless the view describes its own (the ChatKit endpoint).
+            if stream is not None and stream.get("schema") == {"type": "string"}:
                 stream["schema"] = _RUN_EVENT_REF
         for status, codes in self._errors(operation, idempotent).items():
             responses[status] = self._error_response(codes, status)
@@ -374,7 +369,8 @@ def _nullable_to_3_1(node: Any) -> None:
 
 def _wrap_success(response: dict, components: dict) -> None:
     media = response.get("content", {}).get("application/json")
-    if media is None:
+    # The ChatKit endpoint answers the protocol's objects as they are.
+    if media is None or media.get("schema") == protocol_schema.RESPONSE_REF:
         return
     # Lists come from the paginator with their envelope already.
     if "success" in _resolve(media.get("schema", {}), components).get("properties", {}):
@@ -394,6 +390,7 @@ def envelope_postprocessing_hook(result: dict[str, Any], generator, request, pub
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
     components["RunEvent"] = RUN_EVENT_SCHEMA
+    components.update(protocol_schema.COMPONENTS)
     _strict_request_bodies(components, generator)
     _nullable_blank_email(components)
     for operations in result.get("paths", {}).values():

@@ -12,6 +12,7 @@ from conversations.models import (
     RUN_INPUT_MAX_LENGTH,
     TITLE_MAX_LENGTH,
     Conversation,
+    FeedbackKind,
     Message,
     MessageRole,
     MessageStatus,
@@ -75,6 +76,12 @@ class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=MessageRole.choices, read_only=True)
     content = serializers.CharField(read_only=True)
     status = serializers.ChoiceField(choices=MessageStatus.choices, read_only=True)
+    feedback = serializers.ChoiceField(
+        choices=FeedbackKind.choices,
+        read_only=True,
+        allow_null=True,
+        help_text="The feedback you gave this reply (ChatKit's items.feedback), or null.",
+    )
     superseded = serializers.BooleanField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     metadata = MetadataField(read_only=True)

@@ -1,6 +1,7 @@
+from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import protocol, views
 
 router = SimpleRouter(trailing_slash=False)
 router.register("sessions", views.SessionViewSet, basename="session")
@@ -9,4 +10,11 @@ THREAD = r"sessions/(?P<session_id>[^/.]+)/threads/(?P<thread_id>[^/.]+)"
 router.register(rf"{THREAD}/messages", views.MessageViewSet, basename="message")
 router.register(rf"{THREAD}/runs", views.RunViewSet, basename="run")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    re_path(
+        r"^sessions/(?P<session_id>[^/.]+)/chatkit$",
+        protocol.ChatKitView.as_view(),
+        name="session-chatkit",
+    ),
+]

@@ -45,7 +45,7 @@ ID_PARAMETER = OpenApiParameter(
 )
 
 
-def _uuid_or_404(value: str) -> uuid.UUID:
+def uuid_or_404(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -96,7 +96,7 @@ class OwnedSessionMixin:
         if not hasattr(self, "_session"):
             self._session = get_object_or_404(
                 Conversation.objects.owned_by(self.request.user),
-                pk=_uuid_or_404(self.kwargs["session_id"]),
+                pk=uuid_or_404(self.kwargs["session_id"]),
             )
         return self._session
 
@@ -113,8 +113,8 @@ class OwnedThreadMixin(OwnedSessionMixin):
             # must be the URL's and the user's.
             thread = services.owned_thread(
                 user_id=self.request.user.pk,
-                session_id=_uuid_or_404(self.kwargs["session_id"]),
-                thread_id=_uuid_or_404(self.kwargs["thread_id"]),
+                session_id=uuid_or_404(self.kwargs["session_id"]),
+                thread_id=uuid_or_404(self.kwargs["thread_id"]),
             )
             if thread is None:
                 raise Http404
@@ -224,7 +224,9 @@ class MessageViewSet(
     default_order = "asc"
 
     def get_queryset(self):
-        queryset = Message.objects.filter(thread=self.get_thread())
+        queryset = Message.objects.filter(thread=self.get_thread()).with_feedback_of(
+            self.request.user
+        )
         run_id = self.request.query_params.get("run_id")
         if run_id is not None:
             try:
@@ -284,8 +286,10 @@ class RunViewSet(
     raises = {"create": [ErrorCode.RUN_IN_PROGRESS], "cancel": [ErrorCode.RUN_NOT_ACTIVE]}
 
     def get_queryset(self):
-        runs_of_thread = Run.objects.filter(thread=self.get_thread()).select_related(
-            "thread", "input_message", "output_message"
+        runs_of_thread = (
+            Run.objects.filter(thread=self.get_thread())
+            .select_related("thread", "input_message", "output_message")
+            .with_feedback_of(self.request.user)
         )
         if self.action == "list" and not _include_superseded(self.request):
             # A superseded run stays reachable by its id.

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Conversation, Message, Run, Thread
+from .models import Conversation, Message, MessageFeedback, Run, Thread
 from .runs import runs_expire_stale
 
 
@@ -29,12 +29,19 @@ class ConversationAdmin(admin.ModelAdmin):
 class MessageInline(admin.TabularInline):
     model = Message
     # Superseded messages (replaced by a retry) stay, marked with the run that replaced them.
-    fields = ("created_at", "role", "status", "content", "run", "superseded_by")
+    fields = ("created_at", "role", "status", "content", "feedback", "run", "superseded_by")
     readonly_fields = fields
     ordering = ("created_at", "id")
     can_delete = False
     extra = 0
     show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("feedback_given")
+
+    @admin.display(description="feedback")
+    def feedback(self, message: Message) -> str:
+        return ", ".join(sorted(row.kind for row in message.feedback_given.all()))
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -63,6 +70,7 @@ class RunAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "provider", "model", "thread", "created_at", "duration")
     list_filter = (
         "status",
+        "mode",
         "incomplete_reason",
         ("superseded_by", admin.EmptyFieldListFilter),
         "provider",
@@ -95,3 +103,18 @@ class RunAdmin(admin.ModelAdmin):
             request,
             f"Expired {expired} stale run(s); active runs with a fresh heartbeat were left alone.",
         )
+
+
+@admin.register(MessageFeedback)
+class MessageFeedbackAdmin(admin.ModelAdmin):
+    """Users' feedback on replies (ChatKit's thumbs up and down), filterable by kind."""
+
+    list_display = ("kind", "message", "thread", "user", "updated_at")
+    list_filter = ("kind", "updated_at")
+    search_fields = ("=message__id", "=thread__id", "user__username", "message__content")
+    list_select_related = ("message", "thread", "user")
+    # Given by users through the API: shown, never edited here.
+    readonly_fields = ("message", "thread", "user", "kind", "created_at", "updated_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -41,7 +41,8 @@ def thread_document(thread: Thread) -> dict[str, Any]:
     }
 
 
-def message_document(message: Message) -> dict[str, Any]:
+def message_document(message: Message, *, feedback: str | None = None) -> dict[str, Any]:
+    """``feedback``: the reader's, when not annotated on the message (``with_feedback_of``)."""
     return {
         "id": str(message.id),
         "thread_id": str(message.thread_id),
@@ -49,6 +50,7 @@ def message_document(message: Message) -> dict[str, Any]:
         "role": message.role,
         "content": message.content,
         "status": message.status,
+        "feedback": getattr(message, "feedback", feedback),
         "superseded": message.superseded_by_id is not None,
         "created_at": iso(message.created_at),
         "metadata": message.metadata,
@@ -56,7 +58,11 @@ def message_document(message: Message) -> dict[str, Any]:
 
 
 def run_document(run: Run) -> dict[str, Any]:
-    """Needs ``thread``, ``input_message`` and ``output_message`` loaded or cached."""
+    """Needs ``thread``, ``input_message`` and ``output_message`` loaded or cached.
+
+    The reply's ``feedback`` is the run's ``output_feedback`` when annotated
+    (``with_feedback_of``), else null.
+    """
     usage = None
     if run.total_tokens is not None:
         usage = {
@@ -70,7 +76,11 @@ def run_document(run: Run) -> dict[str, Any]:
         "session_id": str(run.thread.conversation_id),
         "status": run.status,
         "input_message": message_document(run.input_message) if run.input_message else None,
-        "output_message": message_document(run.output_message) if run.output_message else None,
+        "output_message": (
+            message_document(run.output_message, feedback=getattr(run, "output_feedback", None))
+            if run.output_message
+            else None
+        ),
         "error": {"code": run.error_code, "message": run.error_message} if run.error_code else None,
         "incomplete_details": {"reason": run.incomplete_reason} if run.incomplete_reason else None,
         "usage": usage,

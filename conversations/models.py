@@ -115,6 +115,14 @@ class RunStatus(models.TextChoices):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 
+class RunMode(models.TextChoices):
+    """How a run was asked for: the caller waits, reads its stream, or leaves it to a worker."""
+
+    WAIT = "wait"
+    STREAM = "stream"
+    BACKGROUND = "background"
+
+
 class EventName(models.TextChoices):
     """The names of a run's events, as the contract spells them (SSE ``event:``)."""
 
@@ -145,6 +153,17 @@ class RunIncompleteReason(models.TextChoices):
 
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
+
+
+class FeedbackKind(models.TextChoices):
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+
+
+class MessageQuerySet(models.QuerySet):
+    def with_feedback_of(self, user) -> "MessageQuerySet":
+        """Each message's ``feedback``: the kind ``user`` gave it, or None (in the same query)."""
+        return self.annotate(feedback=feedback_of(user, "pk"))
 
 
 class Message(models.Model):
@@ -183,6 +202,8 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
+    objects = MessageQuerySet.as_manager()
+
     class Meta:
         ordering = ("created_at", "id")
         indexes = [
@@ -200,6 +221,12 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:50]}"
+
+
+class RunQuerySet(models.QuerySet):
+    def with_feedback_of(self, user) -> "RunQuerySet":
+        """Each run's ``output_feedback``: the kind ``user`` gave its reply, or None."""
+        return self.annotate(output_feedback=feedback_of(user, "output_message_id"))
 
 
 class Run(models.Model):
@@ -240,6 +267,13 @@ class Run(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     provider = models.CharField(max_length=64)
     model = models.CharField(max_length=200, blank=True)
+    # Stored so that whoever ends the run (its executor, a cancel, the
+    # reaper, in any process) can say how it ran, in the metrics and the
+    # admin. Blank for runs from before the column; the database default
+    # lets processes that do not know it yet go on inserting runs.
+    mode = models.CharField(
+        max_length=16, choices=RunMode.choices, blank=True, default="", db_default=""
+    )
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -263,6 +297,8 @@ class Run(models.Model):
         db_index=False,
     )
 
+    objects = RunQuerySet.as_manager()
+
     class Meta:
         ordering = ("-created_at", "-id")
         indexes = [
@@ -285,6 +321,9 @@ class Run(models.Model):
             models.CheckConstraint(
                 condition=models.Q(incomplete_reason__in=["", *RunIncompleteReason.values]),
                 name="run_incomplete_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(mode__in=["", *RunMode.values]), name="run_mode_valid"
             ),
         ]
 
@@ -332,3 +371,61 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} #{self.seq}"
+
+
+class WorkerHeartbeat(models.Model):
+    """When a background worker on a host last showed it was alive; the metrics read it.
+
+    The database is the one place every web process, on every host, can
+    read: a worker's own memory or a per-process cache is not.
+    """
+
+    host = models.CharField(primary_key=True, max_length=255)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.host} at {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MessageFeedback(models.Model):
+    """A user's feedback on an assistant message: one row per message and user, the last kept."""
+
+    Kind = FeedbackKind
+
+    id = models.BigAutoField(primary_key=True)
+    message = models.ForeignKey(
+        Message,
+        # DO_NOTHING keeps deleting a thread's messages a single DELETE: the
+        # rows go with their thread (below) in the same transaction, and the
+        # foreign key is deferred.
+        on_delete=models.DO_NOTHING,
+        related_name="feedback_given",
+        db_index=False,  # covered by message_feedback_one_per_user
+    )
+    # The message's thread, so that deleting a thread (or its session) deletes
+    # its feedback with one statement, as it does its messages.
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-updated_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("message", "user"), name="message_feedback_one_per_user"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=FeedbackKind.values), name="message_feedback_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.message_id}"
+
+
+def feedback_of(user, message_field: str) -> models.Subquery:
+    """The kind of feedback ``user`` gave the message the outer row names in ``message_field``."""
+    given = MessageFeedback.objects.filter(message=models.OuterRef(message_field), user=user)
+    return models.Subquery(given.values("kind")[:1])

@@ -1,4 +1,4 @@
-"""Writes for sessions (conversations) and threads.
+"""Writes for sessions (conversations), threads and feedback on messages.
 
 Each service is one short, durable transaction: when it returns, the change
 is committed and visible to every other connection.
@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
 
 from .errors import ObjectNotFound, OwnerNotFound, SessionLimitReached
-from .models import Conversation, Thread
+from .models import Conversation, FeedbackKind, Message, MessageFeedback, MessageRole, Thread
 from .runs import store
 
 UNSET: Any = object()
@@ -126,3 +127,38 @@ def owned_thread(*, user_id: Any, session_id: Any, thread_id: Any) -> Thread | N
     return threads.filter(
         pk=thread_id, conversation_id=session_id, conversation__user_id=user_id
     ).first()
+
+
+def message_feedback_set(
+    *, thread: Thread, user, message_ids: list[Any], kind: FeedbackKind | str
+) -> None:
+    """Record ``user``'s feedback ``kind`` on assistant messages of ``thread``; committed.
+
+    One row per message and user: feedback given again replaces the earlier
+    one, whatever the order two concurrent requests commit in (the last one
+    wins). Every id must be an assistant message of the thread, else
+    ``ObjectNotFound`` and nothing is stored.
+    """
+    kind = FeedbackKind(kind)
+    ids = set(message_ids)
+    now = timezone.now()
+    rows = [
+        MessageFeedback(message_id=pk, thread=thread, user=user, kind=kind, updated_at=now)
+        for pk in ids
+    ]
+    try:
+        with transaction.atomic(durable=True):
+            replies = Message.objects.filter(pk__in=ids, thread=thread, role=MessageRole.ASSISTANT)
+            if replies.count() != len(ids):
+                raise ObjectNotFound()
+            MessageFeedback.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["message", "user"],
+                update_fields=["kind", "updated_at"],
+            )
+    except IntegrityError:
+        # The thread (and its messages) was deleted between the check and the commit.
+        if not Thread.objects.filter(pk=thread.pk).exists():
+            raise ObjectNotFound() from None
+        raise

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 # Sent by the worker every maintenance round, with ``hourly`` True about once
 # an hour: the other apps drop their expired records then.
 maintenance = Signal()
+# Sent once by the worker as it starts, before it takes tasks: the other apps
+# start what they run beside it (the HTTP layer, its metrics listener). A
+# receiver returns a line for the worker to print, or None.
+worker_starting = Signal()
 
 
 @task()
@@ -28,6 +32,9 @@ def execute_run(run_id: str) -> None:
     if run is None:
         logger.info("Run %s is not queued any more; nothing to do", run_id)
         return
+    # Which worker carries which run, for an operator with several workers
+    # (and for tests/test_fleet.py, which reads it).
+    logger.info("Carrying out run %s", run_id)
     for _event in run_execute(run=run, provider=provider, stream=True):
         pass
 

@@ -49,7 +49,8 @@ def with_turns(session: Conversation, threads: int, turns: int) -> list[Thread]:
 
 @pytest.fixture
 def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
+    # A custom title: a first run would otherwise rename it too.
+    return Thread.objects.create(conversation=session, title="Pinned")
 
 
 # Sessions -------------------------------------------------------------------
@@ -65,12 +66,13 @@ def test_session_delete(api, session, threads, turns, django_assert_num_queries)
     # 4. SELECT the session's threads (the cascade's collector)
     # 5. SELECT the runs of those threads
     # 6. DELETE the run events of those runs
-    # 7. DELETE the messages of the threads
-    # 8. DELETE the runs
-    # 9. DELETE the threads
-    # 10. DELETE the session
-    # 11. RELEASE SAVEPOINT
-    with django_assert_num_queries(11):
+    # 7. DELETE the feedback on the threads' messages
+    # 8. DELETE the messages of the threads
+    # 9. DELETE the runs
+    # 10. DELETE the threads
+    # 11. DELETE the session
+    # 12. RELEASE SAVEPOINT
+    with django_assert_num_queries(12):
         response = api.delete(f"{SESSIONS}/{session.pk}")
 
     assert response.status_code == 204
@@ -120,11 +122,12 @@ def test_thread_delete(api, session, turns, django_assert_num_queries):
     # 4. SAVEPOINT
     # 5. SELECT the thread's runs (the cascade's collector)
     # 6. DELETE the run events of those runs
-    # 7. DELETE the thread's messages
-    # 8. DELETE the runs
-    # 9. DELETE the thread
-    # 10. RELEASE SAVEPOINT
-    with django_assert_num_queries(10):
+    # 7. DELETE the feedback on the thread's messages
+    # 8. DELETE the thread's messages
+    # 9. DELETE the runs
+    # 10. DELETE the thread
+    # 11. RELEASE SAVEPOINT
+    with django_assert_num_queries(11):
         response = api.delete(thread_url(thread))
 
     assert response.status_code == 204

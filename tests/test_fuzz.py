@@ -16,7 +16,10 @@ valid data is accepted also expects them on the operations concerned:
 
 - lists: 400 for an ``after``/``before`` id that is not in the list (contract);
 - register: 400 for a username already taken or a password that Django's
-  validators refuse as common or too like the username.
+  validators refuse as common or too like the username;
+- the ChatKit endpoint: 400 for an ``after`` not in the list, and for a
+  message whose parts join into only whitespace or more than 32,000
+  characters (a rule across parts, which a schema cannot state).
 
 ``tests/fuzz_hooks.py`` makes each valid ``Idempotency-Key`` unique, so a key
 the generator happens to repeat is not replayed (see there).
@@ -57,6 +60,7 @@ SESSIONS = "/api/v1/chatkit/sessions"
 # Statuses schemathesis's positive_data_acceptance expects by default, and the
 # state-dependent ones (see the module docstring) added per operation.
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+CHATKIT = "chatkit_sessions_chatkit_create"
 LISTS = [
     "chatkit_sessions_list",
     "chatkit_sessions_threads_list",
@@ -86,7 +90,7 @@ def _config(auth_file: Path) -> str:
             f"path = {json.dumps(str(auth_file))}",
             f"peers = {_toml_list(list(PEERS))}",
             "",
-            accepted(LISTS, "400"),
+            accepted([*LISTS, CHATKIT], "400"),
             accepted(["auth_register_create"], "400"),
         ]
     )

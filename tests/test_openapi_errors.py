@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 from chatkit.exceptions import ERRORS
 
 RUNS = "/api/v1/chatkit/sessions/{session_id}/threads/{thread_id}/runs"
+CHATKIT = "/api/v1/chatkit/sessions/{session_id}/chatkit"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,9 @@ def test_every_operation_lists_what_any_request_can_meet(document):
     [
         ("/api/v1/chatkit/sessions", "post", "409", "SESSION_LIMIT_REACHED"),
         (RUNS, "post", "409", "RUN_IN_PROGRESS"),
+        (CHATKIT, "post", "409", "RUN_IN_PROGRESS"),
+        (CHATKIT, "post", "404", "NOT_FOUND"),
+        (CHATKIT, "post", "415", "UNSUPPORTED_MEDIA_TYPE"),
         (f"{RUNS}/{{id}}/cancel", "post", "409", "RUN_NOT_ACTIVE"),
         (RUNS, "post", "409", "IDEMPOTENCY_KEY_IN_USE"),
         (RUNS, "post", "422", "IDEMPOTENCY_KEY_REUSED"),
@@ -67,3 +71,28 @@ def test_an_operation_lists_the_errors_its_view_raises(document, path, method, s
 
 def test_registration_needs_no_credentials_so_lists_no_401(document):
     assert "401" not in document["paths"]["/api/v1/auth/register"]["post"]["responses"]
+
+
+def test_the_chatkit_endpoint_answers_bare_objects_and_its_own_events(document):
+    ok = document["paths"][CHATKIT]["post"]["responses"]["200"]["content"]
+    schemas = document["components"]["schemas"]
+
+    # The protocol's objects, not the API's envelope; ChatKit's events, not a run's.
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatKitResponse"}
+    assert ok["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/ChatKitEvent"}
+    request = document["paths"][CHATKIT]["post"]["requestBody"]["content"]["application/json"]
+    assert request["schema"] == {"$ref": "#/components/schemas/ChatKitRequest"}
+    kinds = [option["properties"]["type"]["const"] for option in schemas["ChatKitRequest"]["oneOf"]]
+    assert sorted(kinds) == sorted(
+        [
+            "threads.create",
+            "threads.add_user_message",
+            "threads.retry_after_item",
+            "threads.get_by_id",
+            "threads.list",
+            "items.list",
+            "threads.update",
+            "threads.delete",
+            "items.feedback",
+        ]
+    )

@@ -159,6 +159,45 @@ def test_thread_list_resolves_its_session_on_the_primary_and_pages_on_the_replic
     assert ("User", True) not in read_log
 
 
+def test_chatkit_lists_resolve_their_parent_on_the_primary_and_page_on_the_replica(
+    api, owner, read_log
+):
+    session = Conversation.objects.create(user=owner)
+    thread = Thread.objects.create(conversation=session)
+    Message.objects.create(thread=thread, role="user", content="hi")
+    url = f"/api/v1/chatkit/sessions/{session.pk}/chatkit"
+    read_log.clear()
+
+    threads = api.post(url, {"type": "threads.list", "params": {}}, format="json")
+    items = api.post(
+        url, {"type": "items.list", "params": {"thread_id": str(thread.pk)}}, format="json"
+    )
+
+    assert (threads.status_code, items.status_code) == (200, 200)
+    assert len(items.json()["data"]) == 1
+    assert ("Conversation", False) in read_log
+    assert ("Thread", True) in read_log
+    assert ("Message", True) in read_log
+    assert ("Message", False) not in read_log
+    assert ("User", True) not in read_log
+
+
+def test_a_chatkit_thread_with_its_items_stays_on_the_primary(api, owner, read_log):
+    session = Conversation.objects.create(user=owner)
+    thread = Thread.objects.create(conversation=session)
+    read_log.clear()
+
+    fetched = api.post(
+        f"/api/v1/chatkit/sessions/{session.pk}/chatkit",
+        {"type": "threads.get_by_id", "params": {"thread_id": str(thread.pk)}},
+        format="json",
+    )
+
+    assert fetched.status_code == 200
+    assert read_log
+    assert not [entry for entry in read_log if entry[1]]
+
+
 def test_single_object_reads_stay_on_the_primary(api, owner, read_log):
     session = Conversation.objects.create(user=owner)
     thread = Thread.objects.create(conversation=session)

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.usefixtures("cold_auth_cache")
 
 @pytest.fixture
 def thread(owner) -> Thread:
-    # A custom title: the first run does not rename the session.
+    # Custom titles: the first run renames neither the session nor the thread.
     conversation = Conversation.objects.create(user=owner, title="Pinned", instructions="Hi.")
-    return Thread.objects.create(conversation=conversation)
+    return Thread.objects.create(conversation=conversation, title="Pinned")
 
 
 def thread_url(thread: Thread) -> str:
@@ -63,15 +63,16 @@ def test_synchronous_run_post_queries(api, thread, django_assert_num_queries):
 def test_first_run_of_a_new_chat_adds_only_the_rename(api, owner, django_assert_num_queries):
     thread = Thread.objects.create(conversation=Conversation.objects.create(user=owner))
 
-    # The queries above, plus the session's UPDATE to its new title in
-    # run_start's transaction: a statement of its own on SQLite, sent with
-    # the inserts on PostgreSQL.
-    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 16):
+    # The queries above, plus the session's and the thread's UPDATEs to
+    # their new titles in run_start's transaction: statements of their own
+    # on SQLite, sent with the inserts on PostgreSQL.
+    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 17):
         response = api.post(f"{thread_url(thread)}/runs", {"input": "Hello"}, format="json")
 
     assert response.status_code == 201
+    thread.refresh_from_db()
     thread.conversation.refresh_from_db()
-    assert thread.conversation.title == "Hello"
+    assert (thread.conversation.title, thread.title) == ("Hello", "Hello")
 
 
 @pytest.mark.parametrize("limit", [1, 6, 100])

@@ -33,7 +33,8 @@ RUN_KEYS = {
     "started_at",
     "completed_at",
 }
-# The contract's message document (superseded: set by a retry).
+# The contract's message document (superseded: set by a retry; feedback: the
+# reader's, given over ChatKit).
 MESSAGE_KEYS = {
     "id",
     "thread_id",
@@ -41,6 +42,7 @@ MESSAGE_KEYS = {
     "role",
     "content",
     "status",
+    "feedback",
     "superseded",
     "created_at",
     "metadata",

@@ -7,8 +7,8 @@ guarded change of a run's status; ``execute`` (the provider loop);
 module that knows the database vendor). The public names are gathered here.
 """
 
-from .ending import run_cancel, run_deleted_events, run_finish, runs_expire_stale
-from .events import TERMINAL_EVENTS, Event, EventName, run_events_after
+from .ending import run_abandon, run_cancel, run_deleted_events, run_finish, runs_expire_stale
+from .events import TERMINAL_EVENTS, Event, EventName, run_events_after, run_reply_so_far
 from .execute import release_connection, run_context, run_execute
 from .launch import Launch, Mode, run_launch
 from .lifecycle import (
@@ -27,6 +27,7 @@ __all__ = [
     "Launch",
     "Mode",
     "release_connection",
+    "run_abandon",
     "run_cancel",
     "run_claim",
     "run_context",
@@ -37,6 +38,7 @@ __all__ = [
     "run_finish",
     "run_is_active",
     "run_launch",
+    "run_reply_so_far",
     "run_retry",
     "run_start",
     "runs_expire_stale",

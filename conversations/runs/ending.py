@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .. import metrics
 from ..documents import message_document, run_document
 from ..errors import ObjectNotFound, RunNotActive
 from ..llm import Completion, FinishReason
@@ -155,6 +156,7 @@ def run_finish(
         inserts = [[reply], rows] if reply is not None else [rows]
         if store.move_if_unchanged(ended, _END_FIELDS, was, inserts):
             _adopt(run, ended)
+            metrics.run_ended(run)
             return expand(rows)
     with transaction.atomic(durable=True):
         current = (
@@ -167,7 +169,9 @@ def run_finish(
             logger.warning("Run %s ended elsewhere before its reply was stored", run.pk)
             return None
         run.last_event_seq = current[1]
-        return _end_locked(run, items=items, **ending)
+        events = _end_locked(run, items=items, **ending)
+    metrics.run_ended(run)
+    return events
 
 
 def run_cancel(*, run_id: Any) -> Run:
@@ -184,7 +188,22 @@ def run_cancel(*, run_id: Any) -> Run:
         if not run.is_active:
             raise RunNotActive(details={"status": run.status})
         _end_locked(run, status=RunStatus.CANCELLED, text=stored_text(run))
+    metrics.run_ended(run)
     return run
+
+
+def run_abandon(*, run_id: Any) -> bool:
+    """The client that carried a run went away: cancel the run if it is still active.
+
+    As ``run_cancel``, the text stored so far is kept as an incomplete reply.
+    Returns whether it was cancelled here; a run that ended meanwhile (or
+    was deleted) is left as it is.
+    """
+    try:
+        run_cancel(run_id=run_id)
+    except (ObjectNotFound, RunNotActive):
+        return False
+    return True
 
 
 def run_deleted_events(*, run: Run, text: str, last_seq: int) -> list[Event]:
@@ -235,7 +254,8 @@ def runs_expire_stale(
                 text=stored_text(run),
                 error=(RunErrorCode.RUN_EXPIRED, "The run made no progress within the time limit."),
             )
-            expired += 1
+        metrics.run_ended(run)
+        expired += 1
     if expired:
         logger.warning("Expired %d stale run(s)", expired)
     return expired

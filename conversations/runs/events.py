@@ -10,9 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import EventName, Run, RunEvent
+from django.utils import timezone
 
-__all__ = ["TERMINAL_EVENTS", "Event", "EventName", "run_events_after"]
+from ..models import EventName, Message, MessageRole, MessageStatus, Run, RunEvent, RunStatus
+
+__all__ = ["TERMINAL_EVENTS", "Event", "EventName", "run_events_after", "run_reply_so_far"]
 
 TERMINAL_EVENTS = frozenset(
     {EventName.RUN_COMPLETED, EventName.RUN_FAILED, EventName.RUN_CANCELLED, EventName.RUN_EXPIRED}
@@ -73,3 +75,24 @@ def stored_text(run: Run) -> str:
     """The reply text the run's stored pieces add up to."""
     batches = RunEvent.objects.filter(run=run, event=EventName.MESSAGE_DELTA).order_by("seq")
     return "".join("".join(data["deltas"]) for data in batches.values_list("data", flat=True))
+
+
+def run_reply_so_far(*, thread_id: Any) -> Message | None:
+    """The reply the thread's run in progress is writing, or None if no run is in progress.
+
+    Not stored yet (its row comes with the run's end): an unsaved message
+    with the id it will have, holding the text its stored pieces add up to,
+    ``incomplete``, and dated now, after every stored message of the thread.
+    """
+    run = Run.objects.filter(thread_id=thread_id, status=RunStatus.IN_PROGRESS).first()
+    if run is None:
+        return None
+    return Message(
+        id=run.reply_message_id,
+        thread_id=thread_id,
+        run=run,
+        role=MessageRole.ASSISTANT,
+        content=stored_text(run),
+        status=MessageStatus.INCOMPLETE,
+        created_at=timezone.now(),
+    )

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DataError, connection
 
+from .. import metrics
 from ..grouping import Grouped
 from ..llm import ChatMessage, Completion, Delta, Provider, ProviderBadResponse, ProviderError
 from ..models import Run, RunStatus
@@ -115,6 +116,8 @@ def run_execute(
             if isinstance(item, Completion):
                 completion = item
                 continue
+            if not pieces:
+                metrics.run_first_delta(run)
             pieces.append(item.text)
             pending.append(item.text)
             if not flush_due(last_flush, time.monotonic(), flush_interval):
@@ -130,6 +133,7 @@ def run_execute(
             raise ProviderBadResponse("the reply ended before the provider said it was finished")
     except ProviderError as exc:
         logger.exception("Run %s failed: %s", run.pk, exc.code)
+        metrics.provider_error(run, exc.code)
         status, error = RunStatus.FAILED, (exc.code, exc.public_message)
     else:
         status, error = RunStatus.COMPLETED, None

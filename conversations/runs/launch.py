@@ -8,24 +8,21 @@ stored and read: ``events``; meets the database: ``store``.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from .. import tasks
 from ..llm import Provider
-from ..models import Message, Run, Thread
+from ..models import Message, Run, RunMode, Thread
 from ..providers import get_provider
 from .events import Event
 from .execute import run_context, run_execute
 from .lifecycle import run_retry, run_start
 
-
-class Mode(StrEnum):
-    """How the caller takes part in the run."""
-
-    WAIT = "wait"  # carried out before run_launch returns; one provider call, no pieces
-    STREAM = "stream"  # carried out as the caller reads the events, piece by piece
-    BACKGROUND = "background"  # queued for a worker, handed over on commit
+# How the caller takes part in the run, stored with it (Run.mode). WAIT:
+# carried out before run_launch returns, one provider call, no pieces. STREAM:
+# carried out as the caller reads the events, piece by piece. BACKGROUND:
+# queued for a worker, handed over on commit.
+Mode = RunMode
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,7 @@ def run_launch(
         "model": provider.model,
         "instructions": instructions,
         "metadata": metadata,
+        "mode": mode,
     }
     if mode is Mode.BACKGROUND:
         run = run_start(**start, queued=True, on_commit=tasks.enqueue_run)

@@ -15,16 +15,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .. import metrics
 from ..documents import message_document, run_document
 from ..errors import ActiveRunLimitReached, ObjectNotFound, RunInProgress
 from ..models import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_CONVERSATION_TITLE,
+    DEFAULT_THREAD_TITLE,
     EventName,
     Message,
     MessageRole,
     Run,
     RunEvent,
+    RunMode,
     RunStatus,
     Thread,
 )
@@ -59,6 +62,7 @@ def run_start(
     instructions: str = "",
     metadata: dict[str, str] | None = None,
     queued: bool = False,
+    mode: str = "",
     on_commit: Callable[[Run], None] | None = None,
 ) -> Run:
     """Store the user message and a new run on ``thread``, committed.
@@ -72,7 +76,11 @@ def run_start(
     ``queued`` the run waits for a worker: ``on_commit(run)`` hands it over
     once the run is committed, never before. The events stored with the run
     are in ``run.start_events``, for a live stream to send without reading
-    them back.
+    them back. A session or thread still holding its default title is named
+    from ``input`` in the same transaction; ``thread`` and its
+    ``conversation`` get the new titles when they were. ``mode`` is how the
+    caller takes part (``RunMode``): by default background when ``queued``,
+    else wait.
     """
     limit = settings.MAX_ACTIVE_RUNS_PER_USER
     user_id = thread.conversation.user_id
@@ -84,6 +92,7 @@ def run_start(
         "instructions": instructions,
         "metadata": metadata or {},
         "queued": queued,
+        "mode": mode or (RunMode.BACKGROUND if queued else RunMode.WAIT),
         "limit": limit,
     }
     run = _first_start(
@@ -114,6 +123,7 @@ def _first_start(
             pass
         else:
             if run is not None:
+                metrics.run_started(run)
                 return run
             if runs_expire_stale(user_id=user_id):
                 continue
@@ -141,6 +151,7 @@ def _insert_run(
     instructions: str,
     metadata: dict[str, str],
     queued: bool,
+    mode: str,
     limit: int,
 ) -> Run | None:
     """Insert the run, its message and events; None if the owner has ``limit`` active runs."""
@@ -152,6 +163,7 @@ def _insert_run(
         model=model,
         instructions=instructions,
         metadata=metadata,
+        mode=mode,
         created_at=now,
         heartbeat_at=now,
     )
@@ -169,20 +181,27 @@ def _insert_run(
         items.append((EventName.RUN_IN_PROGRESS, run_document(run)))
     events = event_rows(run, items)
     conversation = thread.conversation
-    title = title_from_text(input) if conversation.title == DEFAULT_CONVERSATION_TITLE else None
-    inserted, renamed = store.insert_run(
+    # A session or thread still holding its default title is named from the
+    # user's words by its first run, whichever surface started it.
+    untitled_session = conversation.title == DEFAULT_CONVERSATION_TITLE
+    untitled_thread = thread.title == DEFAULT_THREAD_TITLE
+    title = title_from_text(input) if untitled_session or untitled_thread else None
+    inserted = store.insert_run(
         run=run,
         message=message,
         events=events,
         conversation=conversation,
-        title=title,
+        title=title if untitled_session else None,
+        thread_title=title if untitled_thread else None,
         limit=limit,
         now=now,
     )
-    if not inserted:
+    if not inserted.inserted:
         return None
-    if renamed:
+    if inserted.renamed:
         conversation.title = title
+    if inserted.thread_renamed:
+        thread.title = title
     # Perhaps stored by statements the ORM did not see: hand back the saved form.
     stored = store.saved(run)
     stored.thread = thread
@@ -201,6 +220,7 @@ def run_retry(
     model: str,
     instructions: str = "",
     metadata: dict[str, str] | None = None,
+    mode: str = RunMode.WAIT,
 ) -> Run:
     """Start a new reply to the user ``message`` of its thread, in progress, committed.
 
@@ -222,6 +242,7 @@ def run_retry(
             model=model,
             instructions=instructions,
             metadata=metadata or {},
+            mode=mode,
             limit=limit,
         ),
         thread_id=message.thread_id,
@@ -237,6 +258,7 @@ def _insert_retry(
     model: str,
     instructions: str,
     metadata: dict[str, str],
+    mode: str,
     limit: int,
 ) -> Run | None:
     """Store the retry; None if the owner has ``limit`` active runs (0: no limit)."""
@@ -261,6 +283,7 @@ def _insert_retry(
             model=model,
             instructions=instructions,
             metadata=metadata,
+            mode=mode,
             input_message=current,
             created_at=now,
             started_at=now,

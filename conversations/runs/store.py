@@ -30,6 +30,7 @@ from django.utils.timezone import now as timezone_now
 from ..models import (
     ACTIVE_RUN_STATUSES,
     DEFAULT_CONVERSATION_TITLE,
+    DEFAULT_THREAD_TITLE,
     Conversation,
     EventName,
     Message,
@@ -199,6 +200,15 @@ def at_active_limit(user_id: Any, limit: int) -> bool:
     return active[:limit].count() >= limit
 
 
+@dataclass(frozen=True)
+class InsertedRun:
+    """What ``insert_run`` stored: the run, and which of the titles."""
+
+    inserted: bool
+    renamed: bool = False
+    thread_renamed: bool = False
+
+
 def insert_run(
     *,
     run: Run,
@@ -206,16 +216,18 @@ def insert_run(
     events: list[RunEvent],
     conversation: Conversation,
     title: str | None,
+    thread_title: str | None = None,
     limit: int,
     now: datetime,
-) -> tuple[bool, bool]:
+) -> InsertedRun:
     """Store a new run with its input message and first events, committed.
 
     Not if the owner has ``limit`` active runs (0: no limit), counted under
     the owner's lock so concurrent starts cannot both take the last one.
     With ``title``, the conversation is renamed if it still has the default
-    title. Returns (inserted, renamed). The unique index of active runs per
-    thread raises IntegrityError for a second active run.
+    title; with ``thread_title``, the run's thread likewise. The unique
+    index of active runs per thread raises IntegrityError for a second
+    active run.
 
     PostgreSQL: one round trip (``bench/load.py``, synchronous runs, and
     ``bench/streams.py``: every run starts here). The owner's row lock
@@ -239,24 +251,40 @@ def insert_run(
             insert([message], where=inserted),
             insert(events, where=inserted),
         ]
-        if title is not None:
-            condition, params = inserted
+        # The thread's row before its session's: the order in which deleting
+        # a session takes them, so that the two never wait on each other.
+        renames = [
+            (model, pk, new_title, default)
+            for model, pk, new_title, default in (
+                (Thread, run.thread_id, thread_title, DEFAULT_THREAD_TITLE),
+                (Conversation, conversation.pk, title, DEFAULT_CONVERSATION_TITLE),
+            )
+            if new_title is not None
+        ]
+        condition, params = inserted
+        for model, pk, new_title, default in renames:
             writes.append(
                 (
-                    f"UPDATE {Conversation._meta.db_table} SET title = %s, updated_at = %s "  # noqa: S608
+                    f"UPDATE {model._meta.db_table} SET title = %s, updated_at = %s "  # noqa: S608
                     f"WHERE id = %s AND title = %s AND {condition}",
-                    [title, now, conversation.pk, DEFAULT_CONVERSATION_TITLE, *params],
+                    [new_title, now, pk, default, *params],
                 )
             )
         counts = execute_each(writes)
         if counts[len(quota)] == 0:
-            return False, False
-        return True, title is not None and counts[-1] == 1
+            return InsertedRun(inserted=False)
+        rename_counts = counts[len(counts) - len(renames) :]
+        renamed = {model: count for (model, *_), count in zip(renames, rename_counts, strict=True)}
+        return InsertedRun(
+            inserted=True,
+            renamed=renamed.get(Conversation) == 1,
+            thread_renamed=renamed.get(Thread) == 1,
+        )
     with transaction.atomic(durable=True):
         # SQLite takes the write lock at BEGIN, so concurrent starts queue
         # there before they count.
         if limit and at_active_limit(conversation.user_id, limit):
-            return False, False
+            return InsertedRun(inserted=False)
         message.save(force_insert=True)
         RunEvent.objects.bulk_create(events)
         run.save(force_insert=True)
@@ -265,7 +293,12 @@ def insert_run(
                 pk=conversation.pk, title=DEFAULT_CONVERSATION_TITLE
             ).update(title=title, updated_at=now)
         )
-    return True, renamed
+        thread_renamed = thread_title is not None and bool(
+            Thread.objects.filter(pk=run.thread_id, title=DEFAULT_THREAD_TITLE).update(
+                title=thread_title, updated_at=now
+            )
+        )
+    return InsertedRun(inserted=True, renamed=renamed, thread_renamed=thread_renamed)
 
 
 def move_if_unchanged(

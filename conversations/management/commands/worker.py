@@ -9,7 +9,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from ...runs import runs_expire_stale
-from ...tasks import configured_huey, maintenance, prepare_task_queue, prune_task_results
+from ...tasks import (
+    configured_huey,
+    maintenance,
+    prepare_task_queue,
+    prune_task_results,
+    worker_starting,
+)
+from ...workers import worker_heartbeat_record, worker_heartbeats_prune
 
 logger = logging.getLogger(__name__)
 
@@ -20,20 +27,24 @@ HOURLY = 3600
 
 
 def maintain_forever(interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds until ``stop``: expire stale runs, drop old records.
+    """Every ``interval`` seconds until ``stop``: beat, expire stale runs, drop old records.
 
-    The other apps' records go through the ``maintenance`` signal (sent with
+    The heartbeat (``chatbot_worker_last_heartbeat_timestamp_seconds``) says
+    this loop, and so the database, is reachable from the worker. The other
+    apps' records go through the ``maintenance`` signal (sent with
     ``hourly`` True in the first round that gets that far, then every
     ``HOURLY`` seconds), so the domain does not import them.
     """
     hourly_due = time.monotonic()
     while not stop.wait(interval):
         try:
+            worker_heartbeat_record()
             runs_expire_stale()
             prune_task_results()
             hourly = time.monotonic() >= hourly_due
             maintenance.send(sender=None, hourly=hourly)
             if hourly:
+                worker_heartbeats_prune()
                 hourly_due = time.monotonic() + HOURLY
         except Exception:
             # The database may be briefly away; the next round tries again.
@@ -47,7 +58,8 @@ class Command(BaseCommand):
         "Start the worker that carries out background runs (huey with thread workers "
         "by default; WORKER_THREADS at once). Expires stale runs at start and then "
         "periodically, so runs of a crashed worker end as expired; drops expired "
-        "idempotency records and refresh tokens."
+        "idempotency records and refresh tokens; records its heartbeat; serves its "
+        "metrics on WORKER_METRICS_BIND when that and METRICS_TOKEN are set."
     )
 
     def add_arguments(self, parser) -> None:
@@ -63,9 +75,14 @@ class Command(BaseCommand):
                 "(for RQ: `manage.py rqworker`); run that, and `manage.py reap_runs` from cron."
             )
         prepare_task_queue()
+        worker_heartbeat_record()
         expired = runs_expire_stale()
         connection.close()
         self.stdout.write(f"Expired {expired} stale run(s) left by earlier workers.")
+
+        for _receiver, said in worker_starting.send(sender=None):
+            if said:
+                self.stdout.write(said)
 
         stop = threading.Event()
         interval = max(5.0, min(60.0, settings.RUN_TIMEOUT_SECONDS / 2))
