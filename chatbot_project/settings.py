@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "accounts",
     "conversations",
     "chatkit",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -222,7 +223,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic writes and whitenoise serves from (tests use their own).
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", "") or BASE_DIR / "staticfiles")
 # Pages still render (with unhashed URLs) when collectstatic has not run.
 WHITENOISE_MANIFEST_STRICT = False
 STORAGES = {

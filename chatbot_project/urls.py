@@ -6,6 +6,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from chatkit import exceptions, health
 
 urlpatterns = [
+    path("", include("web.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
