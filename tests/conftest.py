@@ -40,6 +40,17 @@ def _offline_provider(settings):
     settings.ECHO_DELAY_MS = 0
 
 
+@pytest.fixture
+def plain_static(settings):
+    """Pages link static files by their hashed names, which need collectstatic's
+    manifest; in-process tests link the plain names instead (the browser tests
+    serve collected files, tests/conftest_browser.py)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The default PBKDF2 costs a quarter of a second per user.

@@ -18,12 +18,8 @@ WRONG = "not the password"
 
 
 @pytest.fixture(autouse=True)
-def _plain_static(settings):
-    """Admin pages link static files; skip the manifest that collectstatic would build."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+def _plain_static(plain_static):
+    """Admin pages and the chat page link static files (see conftest.plain_static)."""
 
 
 @pytest.fixture

@@ -134,15 +134,6 @@ def admin_client(db, plain_static) -> Client:
     return client
 
 
-@pytest.fixture
-def plain_static(settings):
-    """Admin pages link static files; skip the manifest that collectstatic would build."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 def test_the_admin_lists_feedback_filtered_by_kind(admin_client, api, owner, session):
     good, bad = (Thread.objects.create(conversation=session, title=t) for t in ("good", "bad"))
     liked, disliked = finished(good, "liked"), finished(bad, "disliked")

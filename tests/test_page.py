@@ -20,13 +20,8 @@ POLICY = {
 
 
 @pytest.fixture(autouse=True)
-def _unhashed_static(settings):
-    # Hashed names need collectstatic's manifest; the browser tests serve
-    # the collected files (tests/conftest_browser.py).
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+def _plain_static(plain_static):
+    """Admin pages and the chat page link static files (see conftest.plain_static)."""
 
 
 def directives(header: str) -> dict[str, list[str]]:

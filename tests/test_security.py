@@ -498,15 +498,6 @@ def test_register_cannot_make_a_staff_user(db, anon):
 
 
 @pytest.fixture
-def plain_static(settings):
-    """Admin pages link static files; skip the manifest that collectstatic would build."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
-@pytest.fixture
 def admin_data(owner) -> dict:
     session = Conversation.objects.create(user=owner, title="Admin view")
     thread = Thread.objects.create(conversation=session, title="Admin thread")
