@@ -152,15 +152,25 @@ def _keep() -> None:
     while True:
         ttl = settings.STREAM_SLOT_TTL_SECONDS
         time.sleep(min(1.0, ttl / 4))
-        with _lock:
-            slots = list(_held)
-        due = time.monotonic() - ttl / 3
-        for slot in slots:
-            if slot.renewed_at > due:
-                continue
-            try:
-                slot.renew(ttl)
-            except Exception:
-                # The cache may be briefly away: the next round tries again,
-                # well before the lease runs out.
-                logger.exception("Renewing stream slot %s failed", slot.key)
+        _renew_due(ttl)
+
+
+def _renew_due(ttl: int) -> None:
+    """Renew the held slots whose lease is a third gone.
+
+    A function of its own so that the slots it looks at are let go when it
+    returns: a reference kept across the keeper's sleep would keep a slot
+    whose response was lost alive, and renewed, for good.
+    """
+    with _lock:
+        slots = list(_held)
+    due = time.monotonic() - ttl / 3
+    for slot in slots:
+        if slot.renewed_at > due:
+            continue
+        try:
+            slot.renew(ttl)
+        except Exception:
+            # The cache may be briefly away: the next round tries again,
+            # well before the lease runs out.
+            logger.exception("Renewing stream slot %s failed", slot.key)
