@@ -22,16 +22,6 @@ from tests.chatkit_client import answer, call, chatkit_path, user_input
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def session(owner) -> Conversation:
-    return Conversation.objects.create(user=owner)
-
-
-@pytest.fixture
-def thread(session) -> Thread:
-    return Thread.objects.create(conversation=session)
-
-
 def snapshot() -> dict:
     return {
         model.__name__: model.objects.aggregate(n=Count("pk"))["n"]
